@@ -1,0 +1,100 @@
+"""Calibration of the embedded world: are the reward models right on ground truth, and does the base
+model leave headroom (and signal) on held-out prompts? Writes JSON, a markdown report and grids."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpo.evaluate import Scorers, eval_plan, markdown, save_table, score_table, summarize
+from gpo.generate import generate
+from gpo.io import atomic_write_json, atomic_write_text
+from gpo.metrics import accuracy
+from gpo.model.pipeline import TinyT2IPipeline
+from gpo.params import EvalParams, WorldParams
+from gpo.prompts import Prompt
+from gpo.world.dataset import build_prompts, save_grid, spec
+from gpo.world.render import render
+
+# Bands the base model must fall in to be worth improving (issue #2): headroom above, signal below.
+BANDS = {"counting/heldout": {"accuracy": (0.20, 0.60)},
+         "text/heldout": {"mean_reward": (0.20, 0.70), "accuracy": (0.05, 0.60)}}
+
+
+@dataclass
+class Calibration:
+    report: dict
+    markdown: str
+
+
+def reward_models_on_ground_truth(prompts: list[Prompt], world: WorldParams, scorers: Scorers, n: int,
+                                  seed: int) -> dict:
+    """Score `n` rendered held-out images per task: the reward models' own accuracy."""
+    rng = random.Random(seed)
+    sp = spec(world.render)
+    out = {}
+    for task in ("counting", "text"):
+        pool = [p for p in prompts if p.task == task and p.split != "train"]
+        chosen = [pool[i % len(pool)] for i in range(n)]
+        images = [render(p, rng.randrange(2**31), sp).image for p in chosen]
+        scores = scorers.score(images, chosen)
+        out[task] = accuracy(s.correct for s in scores).as_dict()
+        out[task]["misses"] = [f"{p.text} -> {s.raw}" for p, s in zip(chosen, scores) if not s.correct][:20]
+    return out
+
+
+def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorers, e: EvalParams, out: Path,
+                   name: str, progress: bool = True) -> dict:
+    """Held-out evaluation of one model: table (parquet), summary (JSON), a grid per task and split."""
+    held = [p for p in prompts if p.split != "train"]
+    plan_p, plan_s = eval_plan(held, {"counting": e.counting_seeds, "text": e.text_seeds,
+                                      "heldout_words": e.heldout_word_seeds}, e.seed_offset)
+    t0 = time.time()
+    images = generate(pipe, [p.text for p in plan_p], plan_s, steps=e.steps, guidance_scale=e.guidance_scale,
+                      batch_size=e.batch_size, desc=f"{name}: generate", progress=progress)
+    t1 = time.time()
+    table = score_table(plan_p, plan_s, scorers.score(images, plan_p))
+    t2 = time.time()
+    save_table(table, out / f"{name}_scores.parquet")
+    for task in ("counting", "text"):
+        idx = [i for i, p in enumerate(plan_p) if p.task == task and p.split == "heldout"]
+        idx = idx[:: max(1, len(idx) // 48)][:48]
+        save_grid([images[i] for i in idx], out / f"{name}_{task}_grid.png",
+                  labels=[f"{table.raw[i]}" for i in idx], scale=3)
+    summary = summarize(table)
+    summary["seconds"] = {"generate": round(t1 - t0, 1), "score": round(t2 - t1, 1)}
+    return summary
+
+
+def check_bands(summary: dict) -> dict[str, bool]:
+    checks = {}
+    for key, metrics in BANDS.items():
+        for metric, (lo, hi) in metrics.items():
+            checks[f"{key} {metric} in [{lo}, {hi}]"] = lo <= summary[key][metric]["value"] <= hi
+    return checks
+
+
+def calibrate(world: WorldParams, e: EvalParams, pipe: TinyT2IPipeline, scorers: Scorers, out: Path,
+              *, model_name: str, progress: bool = True) -> Calibration:
+    out = Path(out)
+    prompts = build_prompts(world.prompts)
+    t0 = time.time()
+    gt = reward_models_on_ground_truth(prompts, world, scorers, e.gt_images, e.seed_offset)
+    gt_seconds = time.time() - t0
+    base = evaluate_model(pipe, prompts, scorers, e, out, "base", progress)
+    report = {"model": model_name, "reward_models_on_ground_truth": gt, "base_model": base,
+              "bands": check_bands(base), "seconds": {"ground_truth": round(gt_seconds, 1), **base["seconds"]}}
+    text = ["## Calibration of the embedded world", "", f"model: `{model_name}`", "",
+            "### Reward models on rendered held-out ground truth", "",
+            "| reward model | exact accuracy [95% CI] | n |", "|---|---|---|"]
+    for task, label in (("counting", "YOLO counting"), ("text", "EasyOCR exact word")):
+        g = gt[task]
+        text.append(f"| {label} | {g['value']:.3f} [{g['low']:.3f}, {g['high']:.3f}] | {g['n']} |")
+    text += ["", markdown({k: v for k, v in base.items() if "/" in k}, "Base model on held-out prompts"), ""]
+    text += [f"- {'ok ' if ok else 'OUT'} {name}" for name, ok in report["bands"].items()]
+    md = "\n".join(text) + "\n"
+    atomic_write_json(out / "calibration.json", report)
+    atomic_write_text(out / "calibration.md", md)
+    return Calibration(report, md)

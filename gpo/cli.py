@@ -1,0 +1,170 @@
+"""`gpo` command line. Each command calls the same library function that DVC stages and Prefect tasks call."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gpo import params as P
+from gpo.env import workspace
+from gpo.errors import GpoError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Group Preference Optimization: self-improving text-to-image diffusion models.")
+ParamsOpt = typer.Option(Path("params"), "--params", help="folder holding world/pretrain/rewards/eval/models.yaml")
+
+
+def _load(folder: Path, name: str):
+    return P.load(_resolve(folder) / name, P.FILES[name])
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else workspace() / path
+
+
+def _scorers(folder: Path):
+    from gpo.evaluate import Scorers
+    from gpo.rewards.detector import Detector
+    from gpo.rewards.ocr import OcrReader
+
+    r = _load(folder, "rewards.yaml")
+    det = Detector(_resolve(r.detector.weights), imgsz=r.detector.imgsz, conf=r.detector.conf)
+    return Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale))
+
+
+@app.command("params")
+def params_cmd(params: Path = ParamsOpt,
+               write: bool = typer.Option(False, "--write", help="write missing files with commented defaults"),
+               overwrite: bool = typer.Option(False, "--overwrite", help="with --write: replace existing files")):
+    """Validate the params files (or write the commented defaults)."""
+    folder = _resolve(params)
+    if write:
+        for path in P.write_defaults(folder, overwrite=overwrite):
+            typer.echo(f"wrote {path}")
+    for name, obj in P.load_all(folder).items():
+        typer.echo(f"{name}: ok ({len(obj.model_dump_json())} bytes of settings)")
+
+
+@app.command("prompts")
+def prompts_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/prompts.jsonl"), help="prompt table")):
+    """Curate the prompt table (counting + text; train / heldout / heldout_words splits)."""
+    from collections import Counter
+
+    from gpo.prompts import write_prompts
+    from gpo.world.dataset import build_prompts
+
+    prompts = build_prompts(_load(params, "world.yaml").prompts)
+    write_prompts(prompts, _resolve(out))
+    for (task, split), n in sorted(Counter((p.task, p.split) for p in prompts).items()):
+        typer.echo(f"{task:9s} {split:14s} {n:5d}")
+    typer.echo(f"wrote {out}")
+
+
+@app.command("pretrain")
+def pretrain_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/pretrain"), help="output folder"),
+                 steps: Optional[int] = typer.Option(None, help="override pretrain.steps")):
+    """Pretrain the embedded base model on rendered images (resumes from the newest snapshot in OUT)."""
+    from gpo.pretrain import pretrain
+
+    cfg = _load(params, "pretrain.yaml")
+    if steps is not None:
+        cfg.pretrain.steps = steps
+    path = pretrain(_load(params, "world.yaml"), cfg, _resolve(out))
+    typer.echo(f"wrote {path}")
+
+
+@app.command("detector")
+def detector_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/detector"), help="output folder")):
+    """Train the counting reward model (YOLO from its yaml) on rendered shapes."""
+    from gpo.rewards.detector import train_detector
+
+    r = _load(params, "rewards.yaml")
+    path = train_detector(_load(params, "world.yaml"), r.detector, _resolve(out))
+    typer.echo(f"wrote {path}")
+
+
+@app.command("calibrate")
+def calibrate_cmd(params: Path = ParamsOpt, model: Optional[Path] = typer.Option(None, help="pipeline folder "
+                  "(default: models.yaml base)"), out: Path = typer.Option(Path("data/calibration"), help="report folder")):
+    """Check the reward models on ground truth and measure the base model on held-out prompts."""
+    from gpo.calibrate import calibrate
+    from gpo.model.build import load_pipeline
+
+    model_path = _resolve(model or _load(params, "models.yaml").base)
+    e = _load(params, "eval.yaml").eval
+    result = calibrate(_load(params, "world.yaml"), e, load_pipeline(model_path), _scorers(params),
+                       _resolve(out), model_name=str(model_path))
+    typer.echo(result.markdown)
+    typer.echo(f"wrote {out}/calibration.json, calibration.md and sample grids")
+
+
+@app.command("generate")
+def generate_cmd(prompt: list[str] = typer.Argument(..., help="one or more prompts"),
+                 model: Path = typer.Option(Path("release/base"), help="pipeline folder"),
+                 seed: int = typer.Option(0, help="seed of the first image"),
+                 n: int = typer.Option(4, help="images per prompt"),
+                 out: Path = typer.Option(Path("data/samples"), help="folder for PNGs"),
+                 steps: int = typer.Option(20), guidance: float = typer.Option(3.0)):
+    """Generate images from a prompt with a saved pipeline (what a user of the model does)."""
+    from gpo.generate import generate
+    from gpo.model.build import load_pipeline
+    from gpo.paths import safe_name
+
+    pipe = load_pipeline(_resolve(model))
+    texts = [p for p in prompt for _ in range(n)]
+    seeds = [seed + i for _ in prompt for i in range(n)]
+    folder = _resolve(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for text, s, image in zip(texts, seeds, generate(pipe, texts, seeds, steps=steps, guidance_scale=guidance,
+                                                     batch_size=32)):
+        path = folder / f"{safe_name(text)}-seed{s}.png"
+        image.save(path)
+        typer.echo(str(path))
+
+
+@app.command("release")
+def release_cmd(pretrained: Path = typer.Option(Path("data/pretrain"), help="output of `gpo pretrain`"),
+                detector: Path = typer.Option(Path("data/detector"), help="output of `gpo detector`"),
+                calibration: Path = typer.Option(Path("data/calibration"), help="output of `gpo calibrate`"),
+                to: Path = typer.Option(Path("release"), help="release folder (tracked by git)")):
+    """Copy rebuilt weights (+ their params and calibration) into the release folder shipped in git."""
+    to = _resolve(to)
+    src = _resolve(pretrained)
+    if not (src / "pipeline" / "model_index.json").exists():
+        raise GpoError("no pretrained pipeline to release", file=str(src / "pipeline"), fix="run `gpo pretrain` first")
+    tmp = to / ".base.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src / "pipeline", tmp)
+    shutil.rmtree(to / "base", ignore_errors=True)
+    tmp.rename(to / "base")
+    shutil.copyfile(src / "pretrain_summary.json", to / "base_pretrain.json")
+    det = _resolve(detector)
+    if (det / "detector.pt").exists():
+        shutil.copyfile(det / "detector.pt", to / "detector.pt")
+        shutil.copyfile(det / "detector_train.json", to / "detector_train.json")
+    cal = _resolve(calibration) / "calibration.json"
+    if cal.exists():
+        shutil.copyfile(cal, to / "calibration.json")
+    typer.echo(f"released into {to}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except GpoError as err:
+        typer.secho(f"error: {err}", err=True, fg="red")
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as e:
+        raise
+    except Exception as err:  # click's usage errors
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise

@@ -1,0 +1,261 @@
+"""Typed, validated parameters. One pydantic model per params/*.yaml file.
+
+Each field's description is its documentation (unit and effect); `commented_yaml` writes the YAML
+files from these models, so comments and code cannot drift. Loading a bad file raises `GpoError`
+naming the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gpo.errors import GpoError
+
+WORDS = ("ACE ANT APE ARM ART BAG BAT BED BEE BOX BUG BUS CAB CAN CAP CAR CAT COW CUP DAY DEN DOG "
+         "DOT EAR EGG ELF ELK EYE FAN FIG FIN FOX FUN GAS GEM GUM GYM HAM HAT HEN HOP HUG HUT JAM JAR "
+         "JAW JET JOY KEG KEY KID KIT LAB LAP LEG MAP MAT MUD MUG NAP NET NUT OAK OAR OWL PAN PAW PEA PEN "
+         "PET PIE PIG PIN POT PUP RAT RAY RED RUG RUN SAW SEA SKY SUN TAB TAG TAP TEA TEN TOE TOY TUB VAN "
+         "WAX WEB WIG YAK YAM ZAP ZEN ZIP").split()
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --- world.yaml -----------------------------------------------------------------------------------
+class CountingVocab(Strict):
+    classes: list[str] = Field(["circle", "square", "triangle"], min_length=1,
+                               description="object classes to count; must be the detector's class names")
+    colors: list[str] = Field(["red", "green", "blue", "purple"],
+                              description="colour words put before the class; [] for plain 'three cups'")
+    counts: list[int] = Field([1, 2, 3, 4, 5, 6], min_length=1,
+                              description="requested numbers of objects (each >= 1)")
+    heldout_per_count: int = Field(3, ge=1,
+                                   description="(colour, class) pairs held out per count: unseen combinations")
+
+    @field_validator("counts")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("every count must be >= 1")
+        return v
+
+
+class TextVocab(Strict):
+    words: list[str] = Field(list(WORDS), min_length=2, description="words the text prompts ask for")
+    templates: list[str] = Field(['a sign that says "{word}"', 'the word "{word}"', 'a label reading "{word}"'],
+                                 min_length=1, description="sentences with a {word} slot")
+    heldout_words: int = Field(16, ge=1, description="words never used for training (split heldout_words)")
+    heldout_share: float = Field(0.25, gt=0, lt=1,
+                                 description="share of (template, training word) prompts held out (split heldout)")
+
+    @field_validator("words")
+    @classmethod
+    def _alpha(cls, v: list[str]) -> list[str]:
+        bad = [w for w in v if not w.isalpha()]
+        if bad:
+            raise ValueError(f"words must be letters only (OCR scores letters): {bad[:5]}")
+        return v
+
+    @field_validator("templates")
+    @classmethod
+    def _slot(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if "{word}" not in t]
+        if bad:
+            raise ValueError(f"each template needs a {{word}} slot: {bad[:3]}")
+        return v
+
+
+class PromptParams(Strict):
+    seed: int = Field(0, description="seed of the held-out draws; same seed, same splits")
+    counting: CountingVocab = CountingVocab()
+    text: TextVocab = TextVocab()
+
+
+class RenderParams(Strict):
+    size: int = Field(32, ge=16, le=512, description="image side, pixels (= the model's resolution)")
+    supersample: int = Field(4, ge=1, le=8, description="draw at this multiple, then reduce: anti-aliased edges")
+    min_object: float = Field(6.0, gt=0, description="smallest shape side, pixels")
+    max_object: float = Field(10.0, gt=0, description="largest shape side, pixels")
+    gap: float = Field(1.0, ge=0, description="free pixels between two shapes' boxes")
+    text_height: float = Field(0.4, gt=0, le=0.9, description="cap height of a word, share of the image side")
+    text_jitter: float = Field(1.0, ge=0, description="max shift of a word's centre, pixels")
+    background_min: int = Field(205, ge=0, le=255, description="light backgrounds: channels uniform in [min, 255]")
+
+
+class WorldParams(Strict):
+    prompts: PromptParams = PromptParams()
+    render: RenderParams = RenderParams()
+
+
+# --- model.yaml -----------------------------------------------------------------------------------
+class ModelParams(Strict):
+    arch: Literal["unet", "sd3"] = Field("unet", description="unet: UNet2DConditionModel, ε-prediction, DDIM; "
+                                         "sd3: SD3Transformer2DModel, flow matching, flow-Euler")
+    resolution: int = Field(32, ge=16, description="pixels per side; must equal world.render.size")
+    max_prompt_tokens: int = Field(40, ge=8, description="text encoder context, characters + 2")
+    text_width: int = Field(64, ge=8, description="text encoder hidden size (= cross-attention dim)")
+    text_layers: int = Field(2, ge=1, description="text encoder transformer layers")
+    unet_channels: list[int] = Field([32, 64, 64], min_length=2, description="unet: channels per resolution level")
+    unet_layers_per_block: int = Field(1, ge=1, description="unet: resnet layers per level")
+    attention_head_dim: int = Field(8, ge=4, description="channels per attention head")
+    patch_size: int = Field(2, ge=1, description="sd3: pixels per patch side")
+    dit_layers: int = Field(4, ge=1, description="sd3: joint transformer blocks")
+    dit_width: int = Field(64, ge=16, description="sd3: hidden size (multiple of attention_head_dim)")
+
+
+class PretrainParams(Strict):
+    seed: int = Field(0, description="init and data seed")
+    steps: int = Field(2000, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="images per step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate after warm-up (then constant)")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    text_share: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from text prompts")
+    cfg_dropout: float = Field(0.1, ge=0, lt=1, description="share of prompts replaced by '' (teaches CFG)")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of weights saved as the model; 0 = off")
+    save_every: int = Field(500, ge=1, description="steps between snapshots (resume + calibration sweeps)")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+
+
+class PretrainFile(Strict):
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams = PretrainParams()
+
+
+# --- rewards.yaml ---------------------------------------------------------------------------------
+class DetectorParams(Strict):
+    weights: str = Field("release/detector.pt", description="YOLO weights (.pt) used for the counting reward "
+                         "(relative to the workspace); ultralytics unpickles them, so only files you trust")
+    model_yaml: str = Field("yolov8n.yaml", description="ultralytics architecture trained from scratch")
+    train_images: int = Field(300, ge=8, description="rendered training images")
+    val_images: int = Field(60, ge=4, description="rendered validation images")
+    epochs: int = Field(30, ge=1, description="training epochs")
+    batch: int = Field(16, ge=1, description="training batch size")
+    imgsz: int = Field(128, ge=32, description="detector input side, pixels (images are upscaled to it)")
+    conf: float = Field(0.4, gt=0, lt=1, description="τ: keep detections with confidence >= τ")
+    seed: int = Field(0, description="render and training seed")
+
+
+class OcrParams(Strict):
+    languages: list[str] = Field(["en"], min_length=1, description="EasyOCR language codes")
+    upscale: int = Field(128, ge=32, description="images are resized to this side before reading, pixels")
+
+
+class RewardsFile(Strict):
+    detector: DetectorParams = DetectorParams()
+    ocr: OcrParams = OcrParams()
+
+
+# --- eval.yaml ------------------------------------------------------------------------------------
+class EvalParams(Strict):
+    counting_seeds: int = Field(24, ge=1, description="images per held-out counting prompt")
+    text_seeds: int = Field(8, ge=1, description="images per held-out text prompt (split heldout)")
+    heldout_word_seeds: int = Field(4, ge=1, description="images per prompt of an unseen word (split heldout_words)")
+    seed_offset: int = Field(10_000, ge=0, description="evaluation seeds are offset, offset+1, ...; the same for every model compared")
+    steps: int = Field(20, ge=1, description="sampler steps")
+    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance scale")
+    batch_size: int = Field(64, ge=1, description="images generated per forward pass")
+    gt_images: int = Field(300, ge=10, description="rendered ground-truth images per task for reward-model checks")
+
+
+class EvalFile(Strict):
+    eval: EvalParams = EvalParams()
+
+
+# --- models.yaml ----------------------------------------------------------------------------------
+class ModelsFile(Strict):
+    base: str = Field("release/base", description="the model round 1 starts from: a diffusers pipeline folder "
+                      "(relative to the workspace); release/base is the shipped embedded model")
+
+
+FILES: dict[str, type[Strict]] = {"world.yaml": WorldParams, "pretrain.yaml": PretrainFile,
+                                   "rewards.yaml": RewardsFile, "eval.yaml": EvalFile,
+                                   "models.yaml": ModelsFile}
+M = TypeVar("M", bound=Strict)
+
+
+def load(path: str | Path, model: type[M]) -> M:
+    """Load and validate one params file; any problem becomes one GpoError with file/key/value/fix."""
+    path = Path(path)
+    if not path.exists():
+        raise GpoError("params file not found", file=str(path),
+                       fix="run `gpo params --write` to create the defaults, or pass the right --params folder")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise GpoError(f"not valid YAML: {err}", file=str(path), fix="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise GpoError("top level must be a mapping of keys", file=str(path), value=type(data).__name__,
+                       fix="write `key: value` lines")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        allowed = first["msg"]
+        if first["type"] == "extra_forbidden":
+            allowed = f"unknown key; allowed here: {_allowed_keys(model, first['loc'][:-1])}"
+        raise GpoError(f"invalid parameter ({allowed})", file=str(path), field=key,
+                       value=first.get("input"), fix=f"{_describe(model, first['loc'])}") from None
+
+
+def _field_info(model: type[Strict], loc: tuple) -> tuple[type | None, object | None]:
+    cur, info = model, None
+    for part in loc:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return None, info
+        info = cur.model_fields[part]
+        cur = info.annotation
+    return cur, info
+
+
+def _allowed_keys(model: type[Strict], loc: tuple) -> list[str]:
+    cur, _ = _field_info(model, loc) if loc else (model, None)
+    return sorted(cur.model_fields) if isinstance(cur, type) and issubclass(cur, BaseModel) else []
+
+
+def _describe(model: type[Strict], loc: tuple) -> str:
+    _, info = _field_info(model, loc)
+    if info is None or not info.description:
+        return "see the comments in the default params file (`gpo params --write`)"
+    return f"expected: {info.description}"
+
+
+def load_all(folder: str | Path) -> dict[str, Strict]:
+    """Every params file of a folder, keyed by file name."""
+    return {name: load(Path(folder) / name, model) for name, model in FILES.items()}
+
+
+def commented_yaml(obj: Strict, indent: int = 0) -> str:
+    """YAML of a params object with each field's description as a comment above it."""
+    lines: list[str] = []
+    pad = " " * indent
+    for name, info in type(obj).model_fields.items():
+        value = getattr(obj, name)
+        if info.description:
+            lines.append(f"{pad}# {info.description}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{pad}{name}:")
+            lines.append(commented_yaml(value, indent + 2))
+        else:
+            dumped = yaml.safe_dump({name: value}, default_flow_style=True, width=10_000, sort_keys=False)
+            lines.append(pad + dumped.strip().removeprefix("{").removesuffix("}"))
+    return "\n".join(lines)
+
+
+def write_defaults(folder: str | Path, overwrite: bool = False) -> list[Path]:
+    from gpo.io import atomic_write_text
+
+    written = []
+    for name, model in FILES.items():
+        path = Path(folder) / name
+        if overwrite or not path.exists():
+            atomic_write_text(path, f"# {name}: generated by `gpo params --write`; edit values freely.\n"
+                                    + commented_yaml(model()) + "\n")
+            written.append(path)
+    return written

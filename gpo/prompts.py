@@ -1,0 +1,158 @@
+"""Prompt curation: one grammar for counting and text prompts, deterministic splits, a table on disk.
+
+The embedded world and real models share this grammar; only the vocabulary differs
+(shapes and colours here, COCO class names for a COCO detector, any word list for OCR).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+from gpo.errors import GpoError
+from gpo.io import atomic_write_text
+
+Task = Literal["counting", "text"]
+Split = Literal["train", "heldout", "heldout_words"]
+SPLITS: tuple[str, ...] = ("train", "heldout", "heldout_words")
+
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt with the structured fields that the reward needs (no parsing of `text` later)."""
+
+    text: str
+    task: Task
+    split: Split
+    cls: str | None = None  # counting: the detector class to count
+    color: str | None = None  # counting: colour word, None when the vocabulary has no colours
+    count: int | None = None  # counting: requested number of objects
+    word: str | None = None  # text: the word the image must show
+    template: str | None = None  # text: the sentence the word was put into
+
+    @property
+    def key(self) -> str:
+        """A stable id for grouping (same prompt text → same group)."""
+        return self.text
+
+
+def plural(noun: str) -> str:
+    """English plural for the small vocabularies used here ("glass" → "glasses", "bus" → "buses")."""
+    if noun.endswith(("s", "x", "z", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def counting_text(count: int, cls: str, color: str | None) -> str:
+    """'three red circles', 'one cup', 'two traffic lights'."""
+    number = COUNT_WORDS[count] if count < len(COUNT_WORDS) else str(count)
+    noun = cls if count == 1 else plural(cls)
+    return " ".join(p for p in (number, color, noun) if p)
+
+
+def counting_prompts(classes: list[str], colors: list[str], counts: list[int],
+                     heldout_per_count: int, seed: int) -> list[Prompt]:
+    """All (count, colour, class) combinations; for each count, `heldout_per_count` (colour, class)
+    pairs are held out, so held-out prompts are unseen combinations of seen words, balanced by count."""
+    rng = random.Random(seed)
+    pairs = [(color, cls) for color in (colors or [None]) for cls in classes]
+    if heldout_per_count >= len(pairs):
+        raise GpoError("heldout_per_count leaves no training prompt", field="counting.heldout_per_count",
+                       value=heldout_per_count, fix=f"use a value below {len(pairs)}")
+    out: list[Prompt] = []
+    for count in counts:
+        held = set(rng.sample(range(len(pairs)), heldout_per_count))
+        for i, (color, cls) in enumerate(pairs):
+            out.append(Prompt(text=counting_text(count, cls, color), task="counting",
+                              split="heldout" if i in held else "train", cls=cls, color=color, count=count))
+    return out
+
+
+def text_prompts(words: list[str], templates: list[str], heldout_words: int, heldout_share: float,
+                 seed: int) -> list[Prompt]:
+    """Words × templates. `heldout_words` words never appear in training (split heldout_words);
+    of the training words, a share of (template, word) combinations is held out (split heldout), always
+    leaving each training word at least one training prompt."""
+    rng = random.Random(seed + 1)
+    words = list(dict.fromkeys(w.upper() for w in words))  # dedupe, keep order
+    if heldout_words >= len(words):
+        raise GpoError("heldout_words leaves no training word", field="text.heldout_words",
+                       value=heldout_words, fix=f"use a value below {len(words)}")
+    unseen = set(rng.sample(words, heldout_words))
+    out: list[Prompt] = []
+    for word in words:
+        held = [rng.random() < heldout_share for _ in templates]
+        if all(held):  # a training word keeps at least one training prompt
+            held[rng.randrange(len(held))] = False
+        for template, h in zip(templates, held):
+            split: Split = "heldout_words" if word in unseen else ("heldout" if h else "train")
+            out.append(Prompt(text=template.format(word=word), task="text", split=split, word=word,
+                              template=template))
+    return out
+
+
+def dedupe(prompts: Iterable[Prompt]) -> list[Prompt]:
+    """Drop repeated prompt texts (first one wins) so a group is never split across two rows."""
+    seen: dict[str, Prompt] = {}
+    for p in prompts:
+        seen.setdefault(p.text, p)
+    return list(seen.values())
+
+
+def write_prompts(prompts: list[Prompt], path: Path) -> None:
+    """One JSON object a line; atomic, so a reader never sees half a file."""
+    atomic_write_text(path, "".join(json.dumps(asdict(p)) + "\n" for p in prompts))
+
+
+def read_prompts(path: Path, *, task: str | None = None, split: str | None = None) -> list[Prompt]:
+    """Read a prompt table written by `write_prompts`, validating each row."""
+    path = Path(path)
+    if not path.exists():
+        raise GpoError("prompt file not found", file=str(path), fix="run `gpo prompts` (or `dvc repro prompts`)")
+    fields = set(Prompt.__dataclass_fields__)
+    out: list[Prompt] = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("row is not an object")
+            unknown = set(row) - fields
+            if unknown:
+                raise ValueError(f"unknown keys {sorted(unknown)}")
+            prompt = Prompt(**row)
+            _check_row(prompt)
+        except (ValueError, TypeError) as err:
+            raise GpoError(f"malformed prompt row: {err}", file=f"{path}:{n}", value=line[:200],
+                           fix="regenerate the file with `gpo prompts` or fix the row") from None
+        out.append(prompt)
+    if task:
+        out = [p for p in out if p.task == task]
+    if split:
+        out = [p for p in out if p.split == split]
+    return out
+
+
+def _check_row(p: Prompt) -> None:
+    if not isinstance(p.text, str) or not p.text:
+        raise ValueError("text must be a non-empty string")
+    if p.task not in ("counting", "text"):
+        raise ValueError(f"task must be 'counting' or 'text', got {p.task!r}")
+    if p.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {p.split!r}")
+    if p.task == "counting":
+        if not isinstance(p.count, int) or isinstance(p.count, bool) or p.count < 1:
+            raise ValueError(f"counting prompt needs an integer count >= 1, got {p.count!r}")
+        if not isinstance(p.cls, str) or not p.cls:
+            raise ValueError("counting prompt needs a class name in 'cls'")
+    else:
+        if not isinstance(p.word, str) or not p.word.strip():
+            raise ValueError("text prompt needs a non-empty 'word'")

@@ -1,0 +1,95 @@
+"""Prompt grammar and splits: deterministic, deduplicated, held-out really unseen."""
+
+import json
+
+import pytest
+
+from gpo import prompts as P
+from gpo.errors import GpoError
+from gpo.params import PromptParams
+from gpo.world.dataset import build_prompts
+
+
+def test_grammar():
+    assert P.counting_text(3, "circle", "red") == "three red circles"
+    assert P.counting_text(1, "square", "blue") == "one blue square"
+    assert P.counting_text(2, "cup", None) == "two cups"
+    assert P.counting_text(2, "bus", None) == "two buses"
+    assert P.counting_text(4, "bench", None) == "four benches"
+    assert P.counting_text(12, "kite", None) == "12 kites"
+    assert P.plural("strawberry") == "strawberries" and P.plural("toy") == "toys"
+
+
+def test_real_model_vocabulary_uses_the_same_grammar():
+    coco = P.counting_prompts(["cup", "dog", "traffic light"], [], [1, 2, 3], 1, seed=0)
+    assert {p.text for p in coco} >= {"one cup", "three dogs", "two traffic lights"}
+    words = P.text_prompts(["hello", "world", "gpo"], ['a sign that says "{word}"'], 1, 0.3, seed=0)
+    assert all(p.text.startswith('a sign that says "') and p.word in p.text for p in words)
+
+
+def test_default_table_is_deterministic_and_deduplicated():
+    a, b = build_prompts(PromptParams()), build_prompts(PromptParams())
+    assert a == b
+    assert len({p.text for p in a}) == len(a)
+    other = build_prompts(PromptParams(seed=1))
+    assert {p.text for p in a if p.split == "heldout"} != {p.text for p in other if p.split == "heldout"}
+
+
+def test_counting_splits_are_unseen_combinations_balanced_by_count():
+    p = PromptParams()
+    table = [q for q in build_prompts(p) if q.task == "counting"]
+    held = [q for q in table if q.split == "heldout"]
+    train = [q for q in table if q.split == "train"]
+    assert not {q.text for q in held} & {q.text for q in train}
+    for c in p.counting.counts:
+        assert sum(q.count == c for q in held) == p.counting.heldout_per_count
+    # every word of a held-out prompt was seen in training: only the combination is new
+    assert {q.color for q in held} <= {q.color for q in train} and {q.cls for q in held} <= {q.cls for q in train}
+
+
+def test_text_splits_hold_out_whole_words():
+    p = PromptParams()
+    table = [q for q in build_prompts(p) if q.task == "text"]
+    train_words = {q.word for q in table if q.split == "train"}
+    unseen = {q.word for q in table if q.split == "heldout_words"}
+    assert len(unseen) == p.text.heldout_words and not unseen & train_words
+    held = [q for q in table if q.split == "heldout"]
+    assert held and all(q.word in train_words for q in held)
+
+
+def test_dedupe_keeps_first():
+    a = P.Prompt(text="x", task="text", split="train", word="X")
+    b = P.Prompt(text="x", task="text", split="heldout", word="X")
+    assert P.dedupe([a, b]) == [a]
+
+
+def test_write_read_roundtrip_and_filters(tmp_path):
+    table = build_prompts(PromptParams())
+    path = tmp_path / "p.jsonl"
+    P.write_prompts(table, path)
+    assert P.read_prompts(path) == table
+    assert all(q.task == "counting" and q.split == "train" for q in P.read_prompts(path, task="counting", split="train"))
+
+
+@pytest.mark.parametrize("row,needle", [
+    ("not json", "malformed"),
+    (json.dumps({"text": "three red circles", "task": "counting", "split": "train", "cls": "circle"}), "count"),
+    (json.dumps({"text": "x", "task": "drawing", "split": "train"}), "task"),
+    (json.dumps({"text": "x", "task": "text", "split": "train", "word": ""}), "word"),
+    (json.dumps({"text": "x", "task": "text", "split": "valid", "word": "A"}), "split"),
+    (json.dumps({"text": "x", "task": "text", "split": "train", "word": "A", "color": "red", "size": 3}), "unknown"),
+    (json.dumps([1, 2]), "object"),
+])
+def test_malformed_rows_name_file_line_and_fix(tmp_path, row, needle):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "one red circle", "task": "counting", "split": "train", "cls": "circle",
+                                "count": 1}) + "\n" + row + "\n")
+    with pytest.raises(GpoError) as err:
+        P.read_prompts(path)
+    msg = str(err.value)
+    assert f"{path}:2" in msg and needle in msg and "fix:" in msg
+
+
+def test_missing_prompt_file(tmp_path):
+    with pytest.raises(GpoError, match="not found"):
+        P.read_prompts(tmp_path / "nope.jsonl")
