@@ -15,7 +15,7 @@ from gpo.metrics import accuracy
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.params import EvalParams, WorldParams
 from gpo.prompts import Prompt
-from gpo.world.dataset import build_prompts, save_grid, spec
+from gpo.world.dataset import save_grid, spec
 from gpo.world.render import render
 
 # Bands the base model must fall in to be worth improving (issue #2): headroom above, signal below.
@@ -27,6 +27,7 @@ BANDS = {"counting/heldout": {"accuracy": (0.20, 0.60)},
 class Calibration:
     report: dict
     markdown: str
+    metrics: dict[str, float]  # flat headline numbers for DVC / MLflow
 
 
 def reward_models_on_ground_truth(prompts: list[Prompt], world: WorldParams, scorers: Scorers, n: int,
@@ -76,10 +77,23 @@ def check_bands(summary: dict) -> dict[str, bool]:
     return checks
 
 
-def calibrate(world: WorldParams, e: EvalParams, pipe: TinyT2IPipeline, scorers: Scorers, out: Path,
-              *, model_name: str, progress: bool = True) -> Calibration:
+def flat_metrics(summary: dict) -> dict[str, float]:
+    """The headline numbers as a flat mapping (DVC/MLflow metrics): value and interval bounds."""
+    out = {}
+    for key, entry in summary.items():
+        if "/" not in key:
+            continue
+        for metric in ("accuracy", "mean_reward"):
+            name = key.replace("/", "_") + "_" + metric
+            out[name] = round(entry[metric]["value"], 4)
+            out[name + "_low"] = round(entry[metric]["low"], 4)
+            out[name + "_high"] = round(entry[metric]["high"], 4)
+    return out
+
+
+def calibrate(world: WorldParams, e: EvalParams, prompts: list[Prompt], pipe: TinyT2IPipeline, scorers: Scorers,
+              out: Path, *, model_name: str, progress: bool = True) -> Calibration:
     out = Path(out)
-    prompts = build_prompts(world.prompts)
     t0 = time.time()
     gt = reward_models_on_ground_truth(prompts, world, scorers, e.gt_images, e.seed_offset)
     gt_seconds = time.time() - t0
@@ -96,5 +110,9 @@ def calibrate(world: WorldParams, e: EvalParams, pipe: TinyT2IPipeline, scorers:
     text += [f"- {'ok ' if ok else 'OUT'} {name}" for name, ok in report["bands"].items()]
     md = "\n".join(text) + "\n"
     atomic_write_json(out / "calibration.json", report)
+    metrics = flat_metrics(base)
+    metrics.update({"detector_gt_accuracy": round(gt["counting"]["value"], 4),
+                    "ocr_gt_accuracy": round(gt["text"]["value"], 4)})
+    atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "calibration.md", md)
     return Calibration(report, md)

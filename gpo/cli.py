@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,7 @@ from gpo.errors import GpoError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Group Preference Optimization: self-improving text-to-image diffusion models.")
 ParamsOpt = typer.Option(Path("params"), "--params", help="folder holding world/pretrain/rewards/eval/models.yaml")
+PromptsOpt = typer.Option(Path("data/prompts.jsonl"), "--prompts", help="prompt table written by `gpo prompts`")
 
 
 def _load(folder: Path, name: str):
@@ -51,7 +51,8 @@ def params_cmd(params: Path = ParamsOpt,
 
 
 @app.command("prompts")
-def prompts_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/prompts.jsonl"), help="prompt table")):
+def prompts_cmd(params: Path = ParamsOpt,
+                out: Path = typer.Option(Path("data/prompts.jsonl"), help="prompt table to write")):
     """Curate the prompt table (counting + text; train / heldout / heldout_words splits)."""
     from collections import Counter
 
@@ -90,15 +91,21 @@ def detector_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/d
 
 @app.command("calibrate")
 def calibrate_cmd(params: Path = ParamsOpt, model: Optional[Path] = typer.Option(None, help="pipeline folder "
-                  "(default: models.yaml base)"), out: Path = typer.Option(Path("data/calibration"), help="report folder")):
+                  "(default: models.yaml base)"), prompts: Path = PromptsOpt,
+                  out: Path = typer.Option(Path("data/calibration"), help="report folder"),
+                  metrics: Path = typer.Option(Path("data/metrics/calibration.json"), help="flat metrics (DVC)")):
     """Check the reward models on ground truth and measure the base model on held-out prompts."""
     from gpo.calibrate import calibrate
     from gpo.model.build import load_pipeline
+    from gpo.prompts import read_prompts
 
     model_path = _resolve(model or _load(params, "models.yaml").base)
     e = _load(params, "eval.yaml").eval
-    result = calibrate(_load(params, "world.yaml"), e, load_pipeline(model_path), _scorers(params),
-                       _resolve(out), model_name=str(model_path))
+    result = calibrate(_load(params, "world.yaml"), e, read_prompts(_resolve(prompts)), load_pipeline(model_path),
+                       _scorers(params), _resolve(out), model_name=str(model_path))
+    from gpo.io import atomic_write_json
+
+    atomic_write_json(_resolve(metrics), result.metrics)
     typer.echo(result.markdown)
     typer.echo(f"wrote {out}/calibration.json, calibration.md and sample grids")
 
@@ -133,38 +140,15 @@ def release_cmd(pretrained: Path = typer.Option(Path("data/pretrain"), help="out
                 calibration: Path = typer.Option(Path("data/calibration"), help="output of `gpo calibrate`"),
                 to: Path = typer.Option(Path("release"), help="release folder (tracked by git)")):
     """Copy rebuilt weights (+ their params and calibration) into the release folder shipped in git."""
-    to = _resolve(to)
-    src = _resolve(pretrained)
-    if not (src / "pipeline" / "model_index.json").exists():
-        raise GpoError("no pretrained pipeline to release", file=str(src / "pipeline"), fix="run `gpo pretrain` first")
-    tmp = to / ".base.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src / "pipeline", tmp)
-    shutil.rmtree(to / "base", ignore_errors=True)
-    tmp.rename(to / "base")
-    shutil.copyfile(src / "pretrain_summary.json", to / "base_pretrain.json")
-    det = _resolve(detector)
-    if (det / "detector.pt").exists():
-        shutil.copyfile(det / "detector.pt", to / "detector.pt")
-        shutil.copyfile(det / "detector_train.json", to / "detector_train.json")
-    cal = _resolve(calibration) / "calibration.json"
-    if cal.exists():
-        shutil.copyfile(cal, to / "calibration.json")
-    typer.echo(f"released into {to}")
+    from gpo.release import release
+
+    typer.echo(f"released into {release(_resolve(pretrained), _resolve(detector), _resolve(calibration), _resolve(to))}")
 
 
 def main() -> None:
+    """Console entry point: a GpoError is a user error, printed without a traceback, exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except GpoError as err:
         typer.secho(f"error: {err}", err=True, fg="red")
         sys.exit(2)
-    except (typer.Exit, SystemExit) as e:
-        raise
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise

@@ -1,0 +1,3 @@
+from gpo.cli import main
+
+main()
