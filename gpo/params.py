@@ -116,6 +116,9 @@ class PretrainParams(Strict):
     warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     text_share: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from text prompts")
+    flow_density: Literal["logit_normal", "uniform"] = Field(
+        "uniform", description="flow models: density of σ during pretraining; uniform trains the low-noise end "
+        "that pixel-space detail needs, logit_normal is the SD3 latent default")
     cfg_dropout: float = Field(0.1, ge=0, lt=1, description="share of prompts replaced by '' (teaches CFG)")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of weights saved as the model; 0 = off")
     save_every: int = Field(500, ge=1, description="steps between snapshots (resume + calibration sweeps)")
@@ -173,9 +176,43 @@ class ModelsFile(Strict):
                       "(relative to the workspace); release/base is the shipped embedded model")
 
 
+# --- gpo.yaml -------------------------------------------------------------------------------------
+class GroupParams(Strict):
+    group_size: int = Field(8, ge=2, description="G: images per prompt (one group)")
+    prompts_per_round: int = Field(40, ge=1, description="train prompts drawn per round (half counting, half text)")
+    steps: int = Field(20, ge=1, description="sampler steps for group generation")
+    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance during group generation")
+    batch_size: int = Field(64, ge=1, description="images generated per forward pass")
+    seed: int = Field(0, description="base seed: image seed = seed + 1_000_000·round + 1000·prompt index + member")
+
+
+class TrainParams(Strict):
+    arm: Literal["gpo", "dpo", "dpo-random", "group-unweighted", "dgpo"] = Field(
+        "gpo", description="loss: gpo (default) or an ablation arm of docs/GPO.md")
+    beta: float = Field(1000.0, gt=0, description="β on the per-element mean squared error; higher = stay closer to ref")
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="max gradient norm")
+    epochs: int = Field(4, ge=1, description="passes over the round's groups")
+    groups_per_step: int = Field(4, ge=1, description="groups whose gradients are summed per optimizer step")
+    micro_batch: int = Field(16, ge=1, description="members per forward/backward; memory is flat in G beyond it")
+    timestep_min_fraction: float = Field(0.0, ge=0, lt=1, description="train only on the noisier part of t (≥ this share)")
+    lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning with a frozen reference copy; >0 = LoRA rank "
+                           "(reference = adapters disabled)")
+    lora_alpha: int = Field(0, ge=0, description="LoRA alpha (0 = 2·rank)")
+    lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description="module names that get LoRA")
+    seed: int = Field(0, description="timestep/noise/shuffle seed")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+
+
+class GpoFile(Strict):
+    groups: GroupParams = GroupParams()
+    train: TrainParams = TrainParams()
+
+
 FILES: dict[str, type[Strict]] = {"world.yaml": WorldParams, "pretrain.yaml": PretrainFile,
                                    "rewards.yaml": RewardsFile, "eval.yaml": EvalFile,
-                                   "models.yaml": ModelsFile}
+                                   "models.yaml": ModelsFile, "gpo.yaml": GpoFile}
 M = TypeVar("M", bound=Strict)
 
 

@@ -45,9 +45,9 @@ def lr_at(step: int, warmup: int) -> float:
 
 
 def denoising_loss(pipe: TinyT2IPipeline, prompts: list[str], x0: torch.Tensor,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, flow_density: str = "uniform") -> torch.Tensor:
     kind = pipe.parameterization
-    t = sample_timesteps(kind, x0.shape[0], generator)
+    t = sample_timesteps(kind, x0.shape[0], generator, flow_density=flow_density)
     noise = torch.randn(x0.shape, generator=generator)
     abar = getattr(pipe.scheduler, "alphas_cumprod", None)
     x_t, target = noisy_and_target(kind, x0, noise, t, abar)
@@ -101,7 +101,7 @@ def pretrain(world: WorldParams, cfg: PretrainFile, out: Path, *, progress: bool
         prompts, x0 = sampler.batch(p.batch_size)
         drop = torch.rand(len(prompts), generator=gen) < p.cfg_dropout
         prompts = ["" if d else t for t, d in zip(prompts, drop.tolist())]
-        loss = denoising_loss(pipe, prompts, x0, gen)
+        loss = denoising_loss(pipe, prompts, x0, gen, p.flow_density)
         if not torch.isfinite(loss):
             raise GpoError(f"pretraining loss is {loss.item()} at step {step}", field="pretrain.lr",
                            value=p.lr, fix="lower the learning rate; the last snapshot is intact")

@@ -15,11 +15,17 @@ Parameterization = Literal["epsilon", "v_prediction", "flow"]
 
 
 def sample_timesteps(kind: Parameterization, n: int, generator: torch.Generator | None = None,
-                     num_train_timesteps: int = 1000, min_fraction: float = 0.0) -> torch.Tensor:
+                     num_train_timesteps: int = 1000, min_fraction: float = 0.0,
+                     flow_density: str = "logit_normal") -> torch.Tensor:
     """Training timesteps. Discrete 0..T−1 uniform for epsilon/v; for flow, σ from logit-normal(0, 1)
-    (the SD3 default) returned as 1000·σ. `min_fraction` keeps only the noisier part of the range."""
+    (the SD3 default) or uniform, returned as 1000·σ. `min_fraction` keeps only the noisier part."""
     if kind == "flow":
-        sigma = torch.sigmoid(torch.randn(n, generator=generator))
+        if flow_density == "uniform":
+            sigma = torch.rand(n, generator=generator)
+        elif flow_density == "logit_normal":
+            sigma = torch.sigmoid(torch.randn(n, generator=generator))
+        else:
+            raise ValueError(f"unknown flow timestep density {flow_density!r}; use logit_normal or uniform")
         sigma = min_fraction + (1 - min_fraction) * sigma
         return sigma * num_train_timesteps
     low = int(min_fraction * num_train_timesteps)

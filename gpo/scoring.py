@@ -1,0 +1,44 @@
+"""Reward scoring of a round's groups: reward per image, group mean/std, standardized advantage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gpo.evaluate import Scorers, save_table
+from gpo.groups import load_images
+from gpo.loss import group_advantages
+from gpo.prompts import Prompt
+
+
+def row_prompt(r) -> Prompt:
+    return Prompt(text=r.prompt, task=r.task, split=r.split, cls=r.cls, color=r.color,
+                  count=None if pd.isna(r.count) else int(r.count), word=r.word)
+
+
+def add_advantages(table: pd.DataFrame, eps: float = 1e-4, clip: float = 5.0) -> pd.DataFrame:
+    """Group statistics and A_i (docs/GPO.md step 4); zero-spread groups are flagged `dropped`."""
+    out = table.copy()
+    out["group_mean"] = out.groupby("group")["reward"].transform("mean")
+    out["group_std"] = out.groupby("group")["reward"].transform(lambda r: r.std(ddof=0))
+    out["advantage"] = 0.0
+    for _, idx in out.groupby("group").groups.items():
+        r = torch.tensor(out.loc[idx, "reward"].to_numpy(), dtype=torch.float64)
+        out.loc[idx, "advantage"] = group_advantages(r[None], eps, clip)[0].numpy()
+    out["dropped"] = out["group_std"] == 0
+    return out
+
+
+def score_groups(groups: pd.DataFrame, folder: Path, scorers: Scorers) -> pd.DataFrame:
+    """Score every image of the manifest; write `<round>/rewards.parquet`."""
+    images = load_images(groups, folder)
+    scores = scorers.score(images, [row_prompt(r) for r in groups.itertuples()])
+    table = groups.copy()
+    table["raw"] = [s.raw for s in scores]
+    table["reward"] = [s.reward for s in scores]
+    table["correct"] = [s.correct for s in scores]
+    table = add_advantages(table)
+    save_table(table, Path(folder) / "rewards.parquet")
+    return table
