@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -132,6 +133,44 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., help="one or more promp
         path = folder / f"{safe_name(text)}-seed{s}.png"
         image.save(path)
         typer.echo(str(path))
+
+
+def _round_inputs(params: Path, prompts: Path):
+    from gpo.prompts import read_prompts
+
+    return read_prompts(_resolve(prompts)), _load(params, "gpo.yaml"), _load(params, "eval.yaml").eval
+
+
+@app.command("round")
+def round_cmd(index: int = typer.Argument(..., help="round number (>= 1)"),
+              model: Path = typer.Option(..., help="pipeline the round starts from"),
+              params: Path = ParamsOpt, prompts: Path = PromptsOpt,
+              out: Optional[Path] = typer.Option(None, help="round folder (default data/rounds/round-INDEX)")):
+    """Run one GPO round: generate groups, score, train against the frozen start model, evaluate."""
+    from gpo.round import run_round
+
+    if index < 1:
+        raise GpoError("round numbers start at 1 (round 0 is the base model)", field="index", value=index,
+                       fix="pass 1 or more")
+    ps, cfg, e = _round_inputs(params, prompts)
+    folder = _resolve(out or Path("data/rounds") / f"round-{index}")
+    r = run_round(index, _resolve(model), folder, ps, cfg, e, _scorers(params))
+    typer.echo(json.dumps({k: v for k, v in r.summary.items() if "/" in k}, indent=1)[:2000])
+    typer.echo(f"wrote {folder}")
+
+
+@app.command("run")
+def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rounds"),
+            params: Path = ParamsOpt, prompts: Path = PromptsOpt,
+            model: Optional[Path] = typer.Option(None, help="base pipeline (default: models.yaml base)"),
+            out: Path = typer.Option(Path("data/rounds"), help="folder of round folders")):
+    """Chain rounds; each starts from the best model so far on held-out prompts."""
+    from gpo.round import rounds_markdown, run_rounds
+
+    ps, cfg, e = _round_inputs(params, prompts)
+    base = _resolve(model or _load(params, "models.yaml").base)
+    rows = run_rounds(base, rounds, _resolve(out), ps, cfg, e, _scorers(params))
+    typer.echo(rounds_markdown(rows))
 
 
 @app.command("release")

@@ -44,7 +44,7 @@ def groups_from_table(table: pd.DataFrame, images) -> list[Group]:
         if bool(rows["dropped"].iloc[0]):
             continue
         idx = rows.index.to_numpy()
-        out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(rows["reward"].to_numpy(), dtype=torch.float32)))
+        out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(rows["reward"].to_numpy().copy(), dtype=torch.float32)))
     return out
 
 
