@@ -112,8 +112,8 @@ class PretrainParams(Strict):
     seed: int = Field(0, description="init and data seed")
     steps: int = Field(2000, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="images per step")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate after warm-up (then constant)")
-    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate after warm-up (then constant)")
+    warmup_steps: int = Field(200, ge=0, description="linear warm-up steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     text_share: float = Field(0.5, ge=0, le=1, description="share of each batch drawn from text prompts")
     flow_density: Literal["logit_normal", "uniform"] = Field(
@@ -121,7 +121,7 @@ class PretrainParams(Strict):
         "that pixel-space detail needs, logit_normal is the SD3 latent default")
     cfg_dropout: float = Field(0.1, ge=0, lt=1, description="share of prompts replaced by '' (teaches CFG)")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of weights saved as the model; 0 = off")
-    save_every: int = Field(500, ge=1, description="steps between snapshots (resume + calibration sweeps)")
+    save_every: int = Field(250, ge=1, description="steps between snapshots (resume + calibration sweeps)")
     threads: int = Field(2, ge=1, description="torch CPU threads")
 
 

@@ -18,7 +18,7 @@ from gpo.calibrate import evaluate_model, flat_metrics
 from gpo.evaluate import Scorers
 from gpo.groups import generate_groups, load_images, pick_prompts
 from gpo.io import atomic_write_json
-from gpo.model.build import load_pipeline
+from gpo.model.adapters import load_any
 from gpo.params import EvalParams, GpoFile
 from gpo.prompts import Prompt
 from gpo.scoring import score_groups
@@ -43,7 +43,7 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
     done = Path(out) / "summary.json"
     if done.exists():
         return json.loads(done.read_text())
-    summary = evaluate_model(load_pipeline(model), prompts, scorers, e, Path(out), "model", progress)
+    summary = evaluate_model(load_any(model), prompts, scorers, e, Path(out), "model", progress)
     atomic_write_json(done, summary)
     return summary
 
@@ -57,7 +57,7 @@ def run_round(index: int, model_in: Path, folder: Path, prompts: list[Prompt], c
         return RoundResult(index, folder / "train" / "pipeline", s["eval"])
     times = {}
     t = time.time()
-    pipe = load_pipeline(model_in)
+    pipe = load_any(model_in)
     chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed)
     groups = generate_groups(pipe, chosen, cfg.groups, index, folder / "groups", progress)
     times["generate"] = time.time() - t
@@ -66,7 +66,7 @@ def run_round(index: int, model_in: Path, folder: Path, prompts: list[Prompt], c
     times["score"] = time.time() - t
     t = time.time()
     n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
-    train_groups = groups_from_table(rewards, load_images(rewards, folder / "groups"))
+    train_groups = groups_from_table(rewards, load_images(rewards, folder / "groups"), pipe.encode_images)
     model_out = train_gpo(pipe, train_groups, cfg.train, folder / "train", n_dropped=n_dropped, progress=progress)
     times["train"] = time.time() - t
     t = time.time()

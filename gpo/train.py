@@ -36,9 +36,10 @@ class Group:
     rewards: torch.Tensor  # (G,)
 
 
-def groups_from_table(table: pd.DataFrame, images) -> list[Group]:
-    """Groups with spread (dropped groups carry no signal) from a rewards table and its images."""
-    x = to_tensor(list(images))
+def groups_from_table(table: pd.DataFrame, images, encode=to_tensor) -> list[Group]:
+    """Groups with spread (dropped groups carry no signal) from a rewards table and its images;
+    `encode` maps images to model space (pixels here, VAE latents for real pipelines)."""
+    x = encode(list(images))
     out = []
     for gid, rows in table.groupby("group", sort=True):
         if bool(rows["dropped"].iloc[0]):
@@ -86,12 +87,13 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
     x_t, target = noisy_and_target(kind, group.x0, noise, t, getattr(pipe.scheduler, "alphas_cumprod", None))
     with torch.no_grad():
         states, pooled = pipe.encode_prompt([group.prompt])
-    states, pooled = states.expand(G, -1, -1), pooled.expand(G, -1)
+    states = states.expand(G, -1, -1)
+    pooled = pooled.expand(G, -1) if pooled is not None else None
     ref_err = ((ref.predict(pipe, policy, x_t, t, states, pooled).float() - target) ** 2).mean(dim=(1, 2, 3))
 
     def err(sl: slice, grad: bool):
         with torch.set_grad_enabled(grad):
-            pred = pipe.predict(x_t[sl], t[sl], states[sl], pooled[sl], denoiser=policy)
+            pred = pipe.predict(x_t[sl], t[sl], states[sl], None if pooled is None else pooled[sl], denoiser=policy)
             return ((pred.float() - target[sl]) ** 2).mean(dim=(1, 2, 3))
 
     if G <= p.micro_batch:
@@ -122,7 +124,8 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
     out = Path(out)
     acc = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(out))
     policy = pipe.denoiser
-    pipe.text_encoder.requires_grad_(False).eval()
+    for enc in pipe.text_encoders():
+        enc.requires_grad_(False).eval()
     lora = p.lora_rank > 0
     ref = Reference(policy, lora)  # before adapters are added: the copy is the plain base
     if lora:
@@ -172,7 +175,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         policy.fuse_lora()
         policy.unload_lora()
     policy.eval()
-    pipe.register_modules(denoiser=policy)
+    pipe.set_denoiser(policy)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
     atomic_write_json(out / "train_log.json", log)
     return out / "pipeline"

@@ -71,6 +71,17 @@ class TinyT2IPipeline(DiffusionPipeline):
                        timestep=t, return_dict=False)[0]
         return net(x_t, t, encoder_hidden_states=states, return_dict=False)[0]
 
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [self.text_encoder]
+
+    def set_denoiser(self, net: torch.nn.Module) -> None:
+        self.register_modules(denoiser=net)
+
+    def encode_images(self, images) -> torch.Tensor:
+        """Pixel space is model space here: RGB in [-1, 1]."""
+        arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """One independent starting noise per seed, so an image depends on its own seed only."""
         c, s = int(self.denoiser.config.in_channels), self.resolution
