@@ -100,6 +100,9 @@ class ModelParams(Strict):
     max_prompt_tokens: int = Field(40, ge=8, description="text encoder context, characters + 2")
     text_width: int = Field(64, ge=8, description="text encoder hidden size (= cross-attention dim)")
     text_layers: int = Field(2, ge=1, description="text encoder transformer layers")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "v_prediction", description="unet: what the network predicts; v weights content errors at high noise, "
+        "where the prompt decides the image (ε barely trains conditioning there)")
     unet_channels: list[int] = Field([32, 64, 64], min_length=2, description="unet: channels per resolution level")
     unet_layers_per_block: int = Field(1, ge=1, description="unet: resnet layers per level")
     attention_head_dim: int = Field(8, ge=4, description="channels per attention head")

@@ -56,8 +56,11 @@ def denoising_loss(pipe: TinyT2IPipeline, prompts: list[str], x0: torch.Tensor,
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
-def _latest_snapshot(out: Path) -> Path | None:
+def _latest_snapshot(out: Path, at_most: int | None = None) -> Path | None:
+    """Newest complete snapshot (not past `at_most` steps: a shorter run reuses a longer run's prefix)."""
     snaps = sorted((out / "snapshots").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    if at_most is not None:
+        snaps = [s for s in snaps if int(s.name.split("-")[1]) <= at_most]
     snaps = [s for s in snaps if (s / "state.safetensors").exists() and (s / "pipeline" / "model_index.json").exists()]
     return snaps[-1] if snaps else None
 
@@ -79,7 +82,7 @@ def pretrain(world: WorldParams, cfg: PretrainFile, out: Path, *, progress: bool
     gen = torch.Generator().manual_seed(p.seed)
     start, log = 0, []
 
-    snap = _latest_snapshot(out)
+    snap = _latest_snapshot(out, p.steps)
     if snap is not None:
         state = load_file(snap / "state.safetensors")
         _load_flat(pipe, {k[6:]: v for k, v in state.items() if k.startswith("model.")})
@@ -93,7 +96,7 @@ def pretrain(world: WorldParams, cfg: PretrainFile, out: Path, *, progress: bool
 
     pipe.denoiser.train()
     pipe.text_encoder.train()
-    t0 = time.time()
+    t0 = time.time() - (log[-1]["seconds"] if log else 0.0)  # seconds in the log add up across resumes
     bar = tqdm(range(start, p.steps), initial=start, total=p.steps, desc="pretrain", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
@@ -122,17 +125,19 @@ def pretrain(world: WorldParams, cfg: PretrainFile, out: Path, *, progress: bool
         if (step + 1) % p.save_every == 0 or step + 1 == p.steps:
             _snapshot(out / "snapshots" / f"step-{step + 1}", pipe, ema, opt, gen, sampler, log, p.ema_decay > 0)
 
-    final = _latest_snapshot(out)
+    final = _latest_snapshot(out, p.steps)
     if final is None:
         raise GpoError("pretraining wrote no snapshot", file=str(out), fix="check pretrain.steps >= 1")
     ema_pipe = load_pipeline(final / "pipeline")
     target = out / "pipeline"
     ema_pipe.save_pretrained(target, safe_serialization=True)
+    log = json.loads((final / "log.json").read_text())
     atomic_write_json(out / "pretrain_summary.json", {
         "steps": p.steps, "final_loss": log[-1]["loss"] if log else None,
+        "seconds_total": log[-1]["seconds"] if log else None,
         "denoiser_parameters": count_parameters(ema_pipe.denoiser),
         "text_encoder_parameters": count_parameters(ema_pipe.text_encoder),
-        "seconds_this_run": round(time.time() - t0, 1), "arch": m.arch,
+        "arch": m.arch,
         "params": cfg.model_dump()})
     return target
 

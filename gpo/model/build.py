@@ -33,7 +33,7 @@ def build_pipeline(p: ModelParams, seed: int = 0) -> TinyT2IPipeline:
             cross_attention_dim=p.text_width, attention_head_dim=p.attention_head_dim,
             norm_num_groups=8)
         scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                  prediction_type="epsilon", clip_sample=True, set_alpha_to_one=True,
+                                  prediction_type=p.prediction_type, clip_sample=True, set_alpha_to_one=True,
                                   timestep_spacing="trailing")
     else:
         denoiser = SD3Transformer2DModel(
