@@ -47,8 +47,9 @@ class CountingVocab(Strict):
 
 class TextVocab(Strict):
     words: list[str] = Field(list(WORDS), min_length=2, description="words the text prompts ask for")
-    templates: list[str] = Field(['a sign that says "{word}"', 'the word "{word}"', 'a label reading "{word}"'],
-                                 min_length=1, description="sentences with a {word} slot")
+    templates: list[str] = Field(['"{word}" on a sign', '"{word}" in capital letters', '"{word}" printed on a label'],
+                                 min_length=1, description="sentences with a {word} slot; the word first puts its "
+                                 "letters at fixed token positions, which a tiny model can bind to image positions")
     heldout_words: int = Field(16, ge=1, description="words never used for training (split heldout_words)")
     heldout_share: float = Field(0.25, gt=0, lt=1,
                                  description="share of (template, training word) prompts held out (split heldout)")

@@ -8,7 +8,15 @@ import torch.nn.functional as F
 
 from gpo.loss import ARMS, group_advantages, gpo_loss, has_spread, member_delta
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact arithmetic for these checks, restored afterwards (other tests build float32 models)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def test_advantages_hand_computed():
