@@ -113,6 +113,5 @@ def calibrate(world: WorldParams, e: EvalParams, prompts: list[Prompt], pipe: Ti
     metrics = flat_metrics(base)
     metrics.update({"detector_gt_accuracy": round(gt["counting"]["value"], 4),
                     "ocr_gt_accuracy": round(gt["text"]["value"], 4)})
-    atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "calibration.md", md)
-    return Calibration(report, md)
+    return Calibration(report, md, metrics)
