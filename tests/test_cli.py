@@ -36,6 +36,11 @@ def test_bad_params_file_exits_2_with_a_clear_message(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_missing_prompt_file_is_a_clear_error(tmp_path):
+    out = gpo("calibrate", "--prompts", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "c"))
+    assert out.returncode == 2 and "prompt file not found" in out.stderr and "gpo prompts" in out.stderr
+
+
 def test_params_write_and_prompts(tmp_path):
     assert gpo("params", "--params", str(tmp_path), "--write").returncode == 0
     out = gpo("prompts", "--params", str(tmp_path), "--out", str(tmp_path / "p.jsonl"))
@@ -45,5 +50,6 @@ def test_params_write_and_prompts(tmp_path):
 
 
 def test_calibrate_with_a_model_path_that_is_not_a_pipeline(tmp_path):
-    out = gpo("calibrate", "--model", str(tmp_path), "--out", str(tmp_path / "c"))
+    assert gpo("prompts", "--out", str(tmp_path / "p.jsonl")).returncode == 0
+    out = gpo("calibrate", "--model", str(tmp_path), "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "c"))
     assert out.returncode == 2 and "model_index.json" in out.stderr and "fix:" in out.stderr
