@@ -23,7 +23,7 @@ from gpo.pretrain import denoising_loss
 from gpo.world.dataset import GroundTruthSampler, build_prompts
 
 CANDIDATES = {
-    "unet (32,64,64), ε + DDIM": ModelParams(arch="unet", unet_channels=[32, 64, 64]),
+    "unet (32,64,64), v + DDIM": ModelParams(arch="unet", unet_channels=[32, 64, 64]),
     "sd3 w96 L6, flow + Euler": ModelParams(arch="sd3", dit_width=96, dit_layers=6, attention_head_dim=16),
     "sd3 w128 L6, flow + Euler": ModelParams(arch="sd3", dit_width=128, dit_layers=6, attention_head_dim=16),
 }
@@ -64,7 +64,7 @@ def main() -> None:
     w = WorldParams()
     sampler = GroundTruthSampler(build_prompts(w.prompts), w.render, 0.5, 0)
     rows = {name: measure(p, a.repeats, sampler) for name, p in CANDIDATES.items()}
-    base = rows["unet (32,64,64), ε + DDIM"]
+    base = rows["unet (32,64,64), v + DDIM"]
     for r in rows.values():
         r["train_step_vs_unet"] = r["train_step_s_median"] / base["train_step_s_median"]
         r["sample_vs_unet"] = r["sample32_s_median"] / base["sample32_s_median"]
