@@ -23,6 +23,12 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from gpo.errors import GpoError
 
 
+def images_to_tensor(images) -> torch.Tensor:
+    """PIL RGB images → float tensor (N, 3, H, W) in [-1, 1], the denoiser's pixel space."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
 class TinyT2IPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->denoiser"
 
@@ -79,8 +85,7 @@ class TinyT2IPipeline(DiffusionPipeline):
 
     def encode_images(self, images) -> torch.Tensor:
         """Pixel space is model space here: RGB in [-1, 1]."""
-        arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+        return images_to_tensor(images)
 
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """One independent starting noise per seed, so an image depends on its own seed only."""

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from gpo import prompts as P
+from gpo.model.pipeline import images_to_tensor as to_tensor  # noqa: F401  (re-exported for the world's users)
 from gpo.params import PromptParams, RenderParams
 from gpo.world.render import RenderSpec, render
 
@@ -24,12 +25,6 @@ def build_prompts(p: PromptParams) -> list[P.Prompt]:
 
 def spec(r: RenderParams) -> RenderSpec:
     return RenderSpec(**r.model_dump())
-
-
-def to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    """PIL RGB images → float tensor (N, 3, H, W) in [-1, 1], the denoiser's pixel space."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
