@@ -158,15 +158,19 @@ class RewardsFile(Strict):
     ocr: OcrParams = OcrParams()
 
 
+# --- sampling, shared by eval.yaml and gpo.yaml ----------------------------------------------------
+class SamplingParams(Strict):
+    steps: int = Field(10, ge=1, description="sampler steps (10 DDIM steps beat 20 on the shipped base: see docs/world.md)")
+    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance scale")
+    batch_size: int = Field(64, ge=1, description="images generated per forward pass")
+
+
 # --- eval.yaml ------------------------------------------------------------------------------------
-class EvalParams(Strict):
+class EvalParams(SamplingParams):
     counting_seeds: int = Field(24, ge=1, description="images per held-out counting prompt")
     text_seeds: int = Field(6, ge=1, description="images per held-out text prompt (split heldout); 67 prompts × 6 ≥ 400")
     heldout_word_seeds: int = Field(2, ge=1, description="images per prompt of an unseen word (split heldout_words)")
     seed_offset: int = Field(10_000, ge=0, description="evaluation seeds are offset, offset+1, ...; the same for every model compared")
-    steps: int = Field(10, ge=1, description="sampler steps (10 DDIM steps beat 20 on the shipped base: see docs/world.md)")
-    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance scale")
-    batch_size: int = Field(64, ge=1, description="images generated per forward pass")
     gt_images: int = Field(300, ge=10, description="rendered ground-truth images per task for reward-model checks")
 
 
@@ -181,12 +185,9 @@ class ModelsFile(Strict):
 
 
 # --- gpo.yaml -------------------------------------------------------------------------------------
-class GroupParams(Strict):
+class GroupParams(SamplingParams):
     group_size: int = Field(8, ge=2, description="G: images per prompt (one group)")
     prompts_per_round: int = Field(40, ge=1, description="train prompts drawn per round (half counting, half text)")
-    steps: int = Field(10, ge=1, description="sampler steps for group generation (as evaluation)")
-    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance during group generation")
-    batch_size: int = Field(64, ge=1, description="images generated per forward pass")
     seed: int = Field(0, description="base seed: image seed = seed + 1_000_000·round + 1000·prompt index + member")
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput
 from PIL import Image
 
 from gpo.errors import GpoError
+from gpo.model.pipeline import images_to_tensor
 
 
 class DiffusersBackbone:
@@ -78,8 +78,7 @@ class DiffusersBackbone:
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         vae = self.pipe.vae
-        arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).to(vae.device, vae.dtype) / 127.5 - 1.0
+        x = images_to_tensor(images).to(vae.device, vae.dtype)
         latents = vae.encode(x).latent_dist.mean
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return ((latents - shift) * vae.config.scaling_factor).float().cpu()
