@@ -28,16 +28,6 @@ def _resolve(path: str | Path) -> Path:
     return path if path.is_absolute() else workspace() / path
 
 
-def _scorers(folder: Path):
-    from gpo.evaluate import Scorers
-    from gpo.rewards.detector import Detector
-    from gpo.rewards.ocr import OcrReader
-
-    r = _load(folder, "rewards.yaml")
-    det = Detector(_resolve(r.detector.weights), imgsz=r.detector.imgsz, conf=r.detector.conf)
-    return Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale))
-
-
 @app.command("params")
 def params_cmd(params: Path = ParamsOpt,
                write: bool = typer.Option(False, "--write", help="write missing files with commented defaults"),
@@ -103,7 +93,7 @@ def calibrate_cmd(params: Path = ParamsOpt, model: Optional[Path] = typer.Option
     model_path = _resolve(model or _load(params, "models.yaml").base)
     e = _load(params, "eval.yaml").eval
     result = calibrate(_load(params, "world.yaml"), e, read_prompts(_resolve(prompts)), load_pipeline(model_path),
-                       _scorers(params), _resolve(out), model_name=str(model_path))
+                       _ws(params).scorers(), _resolve(out), model_name=str(model_path))
     from gpo.io import atomic_write_json
 
     atomic_write_json(_resolve(metrics), result.metrics)
@@ -135,42 +125,84 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., help="one or more promp
         typer.echo(str(path))
 
 
-def _round_inputs(params: Path, prompts: Path):
-    from gpo.prompts import read_prompts
+def _ws(params: Path):
+    from gpo.stages import Workspace
 
-    return read_prompts(_resolve(prompts)), _load(params, "gpo.yaml"), _load(params, "eval.yaml").eval
+    return Workspace.default(workspace(), _resolve(params))
 
 
-@app.command("round")
-def round_cmd(index: int = typer.Argument(..., help="round number (>= 1)"),
-              model: Path = typer.Option(..., help="pipeline the round starts from"),
-              params: Path = ParamsOpt, prompts: Path = PromptsOpt,
-              out: Optional[Path] = typer.Option(None, help="round folder (default data/rounds/round-INDEX)")):
-    """Run one GPO round: generate groups, score, train against the frozen start model, evaluate."""
-    from gpo.round import run_round
+RoundsDirOpt = typer.Option(Path("data/rounds"), "--rounds-dir", help="folder of round folders")
 
-    if index < 1:
-        raise GpoError("round numbers start at 1 (round 0 is the base model)", field="index", value=index,
-                       fix="pass 1 or more")
-    ps, cfg, e = _round_inputs(params, prompts)
-    folder = _resolve(out or Path("data/rounds") / f"round-{index}")
-    r = run_round(index, _resolve(model), folder, ps, cfg, e, _scorers(params))
-    typer.echo(json.dumps({k: v for k, v in r.summary.items() if "/" in k}, indent=1)[:2000])
-    typer.echo(f"wrote {folder}")
+
+@app.command("stage")
+def stage_cmd(step: str = typer.Argument(..., help="base | generate | score | train | evaluate"),
+              index: int = typer.Option(0, "--round", help="round number (>= 1; base is round 0)"),
+              params: Path = ParamsOpt, rounds_dir: Path = RoundsDirOpt,
+              track: bool = typer.Option(True, help="log the round to MLflow and register its model (evaluate, base)")):
+    """Run one stage of one round: what each DVC stage of dvc.yaml runs."""
+    from gpo.stages import run_stage
+
+    ws = _ws(params)
+    ws.rounds = _resolve(rounds_dir)
+    typer.echo(json.dumps(run_stage(step, index, ws, track=track)))
 
 
 @app.command("run")
 def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rounds"),
-            params: Path = ParamsOpt, prompts: Path = PromptsOpt,
-            model: Optional[Path] = typer.Option(None, help="base pipeline (default: models.yaml base)"),
-            out: Path = typer.Option(Path("data/rounds"), help="folder of round folders")):
-    """Chain rounds; each starts from the best model so far on held-out prompts."""
+            params: Path = ParamsOpt,
+            out: Path = typer.Option(Path("data/direct"), help="folder of round folders"),
+            track: bool = typer.Option(False, help="log rounds to MLflow and register models")):
+    """Chain rounds by calling the step functions directly (no DVC, no Prefect): tuning and benchmarks.
+    Round 0 is the calibration's evaluation of the base; each round starts from the champion so far."""
+    import json as _json
+
     from gpo.round import rounds_markdown, run_rounds
 
-    ps, cfg, e = _round_inputs(params, prompts)
-    base = _resolve(model or _load(params, "models.yaml").base)
-    rows = run_rounds(base, rounds, _resolve(out), ps, cfg, e, _scorers(params))
+    ws = _ws(params)
+    cal = ws.calibration / "calibration.json"
+    base_summary = _json.loads(cal.read_text())["base_model"] if cal.exists() else None
+    base = ws.resolve(ws.load("models.yaml").base)
+    rows = run_rounds(base, rounds, _resolve(out), ws.prompt_table(), ws.load("gpo.yaml"), ws.load("eval.yaml").eval,
+                      ws.scorers(), z=ws.load("run.yaml").promotion.z, base_summary=base_summary,
+                      tracker=ws.tracker() if track else None)
     typer.echo(rounds_markdown(rows))
+
+
+@app.command("table")
+def table_cmd(rounds_dir: Path = RoundsDirOpt):
+    """Print the per-round table (held-out accuracies with intervals, time split, champion)."""
+    from gpo.round import rounds_markdown, rounds_table
+
+    typer.echo(rounds_markdown(rounds_table(_resolve(rounds_dir))))
+
+
+@app.command("champion")
+def champion_cmd(params: Path = ParamsOpt):
+    """Show the registered champion version and the history of the alias."""
+    t = _ws(params).tracker()
+    typer.echo(json.dumps({"model": t.p.model_name, "champion": t.champion(), "history": t.history()}, indent=1))
+
+
+@app.command("promote")
+def promote_cmd(version: int = typer.Argument(..., help="registered model version"),
+                reason: str = typer.Option(..., "--reason", help="why (recorded on the version and in the history)"),
+                params: Path = ParamsOpt):
+    """Make a registered version the champion by hand; the next round starts from it (params/run.yaml)."""
+    from gpo.stages import pin_next_round
+
+    ws = _ws(params)
+    ws.tracker().promote(version, reason)
+    typer.echo(f"champion = version {version}; round {pin_next_round(ws, version)} will start from it")
+
+
+@app.command("rollback")
+def rollback_cmd(reason: str = typer.Option(..., "--reason", help="why (recorded)"), params: Path = ParamsOpt):
+    """Move the champion back to the previous one in the alias history; the next round starts from it."""
+    from gpo.stages import pin_next_round
+
+    ws = _ws(params)
+    version = ws.tracker().rollback(reason)
+    typer.echo(f"champion = version {version}; round {pin_next_round(ws, version)} will start from it")
 
 
 @app.command("release")

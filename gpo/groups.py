@@ -40,7 +40,7 @@ def image_seed(g: GroupParams, round_index: int, prompt_index: int, member: int)
 
 def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams, round_index: int,
                     folder: Path, progress: bool = True) -> pd.DataFrame:
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # `inside` returns resolved paths
     rows = []
     for pi, p in enumerate(prompts):
         for m in range(g.group_size):

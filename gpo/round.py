@@ -1,10 +1,16 @@
-"""One self-improvement round (generate → score → train → evaluate) and a chain of rounds.
+"""One self-improvement round as four steps (generate → score → train → evaluate) and a chain of rounds.
 
-Everything a round writes is under its folder:
-    groups/images/...png, groups/groups.parquet, groups/rewards.parquet   (generation + scoring)
-    train/pipeline, train/checkpoints, train/train_log.json              (GPO fine-tuning)
-    eval/model_scores.parquet, eval/*_grid.png, eval/summary.json        (held-out evaluation)
-    summary.json                                                          (metrics + time split)
+Each step is one function, called alike by the CLI (`gpo stage ...`), the DVC stages (which run that
+CLI) and the direct chain `run_rounds` (tuning, benchmarks). Everything a round writes is under its
+folder, and each step writes only its own files (they are the DVC outputs of its stage):
+
+    groups/images/..png, groups/groups.parquet, groups/generate.json     generate
+    groups/rewards.parquet, groups/score.json                              score
+    train/pipeline, train/train_log.json, train/train.json, checkpoints    train (checkpoints: resume)
+    eval/model_scores.parquet, eval/*_grid.png, eval/summary.json,         evaluate
+    eval/metrics.json, eval/round.json, champion.json
+`champion.json` names the model the next round starts from: this round's, when it beats the previous
+champion by the rule of gpo/promotion.py, else the previous champion.
 """
 
 from __future__ import annotations
@@ -13,28 +19,122 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
+
+import pandas as pd
 
 from gpo.calibrate import evaluate_model, flat_metrics
+from gpo.errors import GpoError
 from gpo.evaluate import Scorers
 from gpo.groups import generate_groups, load_images, pick_prompts
 from gpo.io import atomic_write_json
 from gpo.model.adapters import load_any
 from gpo.params import EvalParams, GpoFile
+from gpo.promotion import Decision, decide, headline
 from gpo.prompts import Prompt
 from gpo.scoring import score_groups
 from gpo.train import groups_from_table, train_gpo
 
-
-def headline(summary: dict) -> float:
-    """The number rounds are compared by: mean of held-out counting accuracy and held-out mean OCR reward."""
-    return (summary["counting/heldout"]["accuracy"]["value"] + summary["text/heldout"]["mean_reward"]["value"]) / 2
+STEPS = ("generate", "score", "train", "evaluate")
 
 
-@dataclass
-class RoundResult:
-    index: int
-    model: Path
-    summary: dict  # evaluation summary (evaluate.summarize) + seconds
+@dataclass(frozen=True)
+class RoundDir:
+    """The files of one round folder."""
+
+    root: Path
+
+    @property
+    def groups(self) -> Path:
+        return self.root / "groups"
+
+    @property
+    def manifest(self) -> Path:
+        return self.groups / "groups.parquet"
+
+    @property
+    def rewards(self) -> Path:
+        return self.groups / "rewards.parquet"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def model(self) -> Path:
+        return self.train / "pipeline"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def record(self) -> Path:
+        return self.eval / "round.json"
+
+    @property
+    def champion(self) -> Path:
+        return self.root / "champion.json"
+
+    def seconds_file(self, step: str) -> Path:
+        return {"generate": self.groups / "generate.json", "score": self.groups / "score.json",
+                "train": self.train / "train.json", "evaluate": self.eval / "evaluate.json"}[step]
+
+    def seconds(self) -> dict[str, float]:
+        out = {}
+        for step in STEPS:
+            f = self.seconds_file(step)
+            if f.exists():
+                out[step] = json.loads(f.read_text())["seconds"]
+        return out
+
+
+def _timed(rd: RoundDir, step: str, t0: float, **extra) -> None:
+    atomic_write_json(rd.seconds_file(step), {"seconds": round(time.time() - t0, 2), **extra})
+
+
+def read_champion(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise GpoError("the previous round's champion record is missing", file=str(path),
+                       fix="run the previous round first (`dvc repro` runs the chain in order)")
+    return json.loads(path.read_text())
+
+
+# --- the four steps ----------------------------------------------------------------------------------
+def step_generate(index: int, start_model: Path, rd: RoundDir, prompts: list[Prompt], cfg: GpoFile,
+                  progress: bool = True) -> pd.DataFrame:
+    """G images per chosen train prompt from the start model; resumable (images on disk are kept)."""
+    t0 = time.time()
+    pipe = load_any(start_model)
+    chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed)
+    table = generate_groups(pipe, chosen, cfg.groups, index, rd.groups, progress)
+    _timed(rd, "generate", t0, start_model=str(start_model), images=len(table))
+    return table
+
+
+def step_score(rd: RoundDir, scorers: Scorers) -> pd.DataFrame:
+    t0 = time.time()
+    if not rd.manifest.exists():
+        raise GpoError("no generated groups to score", file=str(rd.manifest), fix="run the generate step first")
+    rewards = score_groups(pd.read_parquet(rd.manifest), rd.groups, scorers)
+    _timed(rd, "score", t0)
+    return rewards
+
+
+def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = True,
+               log_fn: Optional[Callable[[dict], None]] = None) -> Path:
+    """GPO fine-tuning of the start model (also the frozen reference) on the scored groups."""
+    t0 = time.time()
+    if not rd.rewards.exists():
+        raise GpoError("no reward table to train on", file=str(rd.rewards), fix="run the score step first")
+    rewards = pd.read_parquet(rd.rewards)
+    pipe = load_any(start_model)
+    n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
+    groups = groups_from_table(rewards, load_images(rewards, rd.groups), pipe.encode_images)
+    model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn)
+    _timed(rd, "train", t0, n_groups=len(groups), n_dropped=n_dropped)
+    return model
 
 
 def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalParams, out: Path,
@@ -48,63 +148,127 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
     return summary
 
 
-def run_round(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg: GpoFile, e: EvalParams,
-              scorers: Scorers, progress: bool = True) -> RoundResult:
-    folder = Path(folder)
-    marker = folder / "summary.json"
-    if marker.exists():
-        s = json.loads(marker.read_text())
-        return RoundResult(index, folder / "train" / "pipeline", s["eval"])
-    times = {}
-    t = time.time()
-    pipe = load_any(model_in)
-    chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed)
-    groups = generate_groups(pipe, chosen, cfg.groups, index, folder / "groups", progress)
-    times["generate"] = time.time() - t
-    t = time.time()
-    rewards = score_groups(groups, folder / "groups", scorers)
-    times["score"] = time.time() - t
-    t = time.time()
-    n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
-    train_groups = groups_from_table(rewards, load_images(rewards, folder / "groups"), pipe.encode_images)
-    model_out = train_gpo(pipe, train_groups, cfg.train, folder / "train", n_dropped=n_dropped, progress=progress)
-    times["train"] = time.time() - t
-    t = time.time()
-    summary = evaluate_once(model_out, prompts, scorers, e, folder / "eval", progress)
-    times["evaluate"] = time.time() - t
-    record = {"round": index, "model_in": str(model_in), "model_out": str(model_out),
-              "train_reward_mean": float(rewards["reward"].mean()),
-              "dropped_group_share": n_dropped / max(1, rewards["group"].nunique()),
-              "seconds": {k: round(v, 1) for k, v in times.items()}, "eval": summary,
-              "metrics": flat_metrics(summary), "headline": headline(summary)}
-    atomic_write_json(marker, record)
-    return RoundResult(index, model_out, summary)
+def champion_entry(index: int, model: Path | str, summary: dict, version: Optional[int] = None) -> dict:
+    return {"round": index, "model": str(model), "headline": headline(summary), "summary": summary,
+            "version": version}
+
+
+def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[Prompt], scorers: Scorers,
+                  e: EvalParams, z: float, progress: bool = True, tracker=None) -> tuple[dict, Decision]:
+    """Held-out evaluation of the round's model, the champion decision, the round record and
+    (with a tracker, gpo/tracking.py) the MLflow run and registered version. Writes champion.json last."""
+    t0 = time.time()
+    summary = evaluate_once(rd.model, prompts, scorers, e, rd.eval, progress)
+    decision = decide(summary, prev_champion["summary"], z)
+    metrics = flat_metrics(summary)
+    metrics["headline"] = round(headline(summary), 4)
+    atomic_write_json(rd.eval / "metrics.json", metrics)
+    _timed(rd, "evaluate", t0)
+    rewards = pd.read_parquet(rd.rewards) if rd.rewards.exists() else None
+    record = {"round": index, "model_in": json.loads(rd.seconds_file("generate").read_text())["start_model"]
+              if rd.seconds_file("generate").exists() else None,
+              "model_out": str(rd.model), "seconds": rd.seconds(), "metrics": metrics, "headline": headline(summary),
+              "decision": decision.to_dict(), "previous_champion_round": prev_champion["round"]}
+    if rewards is not None:
+        record["train_reward_mean"] = float(rewards["reward"].mean())
+        record.update(train_reward_by_task(rewards))
+    version = tracker.log_round(index, rd, record, summary, decision.promote) if tracker else None
+    record["version"] = version
+    atomic_write_json(rd.record, record)
+    champion = champion_entry(index, rd.model, summary, version) if decision.promote else prev_champion
+    atomic_write_json(rd.champion, champion)
+    return champion, decision
+
+
+def step_base(base: Path, rd: RoundDir, summary: dict, tracker=None) -> dict:
+    """Round 0: the base model and its evaluation (the calibration's) become the first champion."""
+    atomic_write_json(rd.eval / "summary.json", summary)
+    metrics = {**flat_metrics(summary), "headline": round(headline(summary), 4)}
+    atomic_write_json(rd.eval / "metrics.json", metrics)
+    record = {"round": 0, "model_in": None, "model_out": str(base), "seconds": {}, "metrics": metrics,
+              "headline": headline(summary), "decision": None}
+    version = tracker.log_round(0, rd, record, summary, True, model=Path(base)) if tracker else None
+    record["version"] = version
+    atomic_write_json(rd.record, record)
+    champion = champion_entry(0, base, summary, version)
+    atomic_write_json(rd.champion, champion)
+    return champion
+
+
+def train_reward_by_task(rewards: pd.DataFrame) -> dict[str, float]:
+    """Mean reward of the round's own (on-policy) group images, per task: a free learning curve."""
+    return {f"train_reward_{k}": float(v) for k, v in rewards.groupby("task")["reward"].mean().items()}
+
+
+# --- chains ------------------------------------------------------------------------------------------
+@dataclass
+class Improvement:
+    """What one round's generate → score → train produced (before evaluation)."""
+    model: Path
+    rewards: pd.DataFrame
+    seconds: dict[str, float]
+
+
+def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg: GpoFile, scorers: Scorers,
+            progress: bool = True) -> Improvement:
+    """Generate, score, train: a round without its evaluation (tuning curves)."""
+    rd = RoundDir(Path(folder))
+    step_generate(index, model_in, rd, prompts, cfg, progress)
+    rewards = step_score(rd, scorers)
+    model = step_train(model_in, rd, cfg, progress)
+    return Improvement(model, rewards, rd.seconds())
+
+
+def run_round(index: int, prev_champion: dict, folder: Path, prompts: list[Prompt], cfg: GpoFile, e: EvalParams,
+              scorers: Scorers, z: float, progress: bool = True, tracker=None) -> dict:
+    """All four steps from the previous champion; a finished round (champion.json) is read back."""
+    rd = RoundDir(Path(folder))
+    if rd.champion.exists() and rd.record.exists():
+        return read_champion(rd.champion)
+    start = Path(prev_champion["model"])
+    if not (rd.model / "model_index.json").exists() or not (rd.train / "train.json").exists():
+        if not rd.rewards.exists():
+            step_generate(index, start, rd, prompts, cfg, progress)
+            step_score(rd, scorers)
+        step_train(start, rd, cfg, progress)
+    champion, _ = step_evaluate(index, rd, prev_champion, prompts, scorers, e, z, progress, tracker)
+    return champion
 
 
 def run_rounds(base: Path, n: int, folder: Path, prompts: list[Prompt], cfg: GpoFile, e: EvalParams,
-               scorers: Scorers, progress: bool = True) -> list[dict]:
-    """Round 0 is the base model's evaluation; each round starts from the best model so far."""
+               scorers: Scorers, z: float = 0.0, progress: bool = True, base_summary: Optional[dict] = None,
+               tracker=None) -> list[dict]:
+    """Round 0 is the base model's evaluation; each round starts from the champion after the one before."""
     folder = Path(folder)
-    base_summary = evaluate_once(base, prompts, scorers, e, folder / "round-0" / "eval", progress)
-    rows = [{"round": 0, "model": str(base), "headline": headline(base_summary),
-             "metrics": flat_metrics(base_summary), "seconds": {}, "champion": True}]
-    champion, best = Path(base), headline(base_summary)
+    rd0 = RoundDir(folder / "round-0")
+    if rd0.champion.exists():
+        champion = read_champion(rd0.champion)
+    else:
+        summary = base_summary or evaluate_once(base, prompts, scorers, e, rd0.eval, progress)
+        champion = step_base(base, rd0, summary, tracker)
     for i in range(1, n + 1):
-        r = run_round(i, champion, folder / f"round-{i}", prompts, cfg, e, scorers, progress)
-        record = json.loads((folder / f"round-{i}" / "summary.json").read_text())
-        better = record["headline"] > best
-        if better:
-            champion, best = r.model, record["headline"]
-        rows.append({"round": i, "model": str(r.model), "headline": record["headline"],
-                     "metrics": record["metrics"], "seconds": record["seconds"], "champion": better,
-                     "started_from": record["model_in"]})
-    atomic_write_json(folder / "rounds.json", {"champion": str(champion), "rounds": rows})
+        champion = run_round(i, champion, folder / f"round-{i}", prompts, cfg, e, scorers, z, progress, tracker)
+    rows = rounds_table(folder, n)
+    atomic_write_json(folder / "rounds.json", {"champion": champion["model"], "rounds": rows})
+    return rows
+
+
+def rounds_table(folder: Path, n: Optional[int] = None) -> list[dict]:
+    """One row per finished round (round.json records), round 0 first."""
+    rows, i = [], 0
+    while (n is None or i <= n) and (rec := Path(folder) / f"round-{i}" / "eval" / "round.json").exists():
+        r = json.loads(rec.read_text())
+        champ = read_champion(Path(folder) / f"round-{i}" / "champion.json")
+        rows.append({"round": i, "model": r["model_out"], "headline": r["headline"], "metrics": r["metrics"],
+                     "seconds": r["seconds"], "champion": champ["round"] == i, "started_from": r["model_in"],
+                     "version": r.get("version")})
+        i += 1
     return rows
 
 
 def rounds_markdown(rows: list[dict]) -> str:
     lines = ["| round | counting acc (held-out) | OCR mean reward (held-out) | OCR exact | unseen words: OCR reward | "
-             "generate s | score s | train s | champion |", "|---|---|---|---|---|---|---|---|---|"]
+             "generate s | score s | train s | evaluate s | champion |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, s = r["metrics"], r["seconds"]
 
@@ -114,5 +278,5 @@ def rounds_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['round']} | {ci('counting_heldout_accuracy')} | {ci('text_heldout_mean_reward')} | "
                      f"{ci('text_heldout_accuracy')} | {ci('text_heldout_words_mean_reward')} | "
                      f"{s.get('generate', 0):.0f} | {s.get('score', 0):.0f} | {s.get('train', 0):.0f} | "
-                     f"{'yes' if r['champion'] else ''} |")
+                     f"{s.get('evaluate', 0):.0f} | {'yes' if r['champion'] else ''} |")
     return "\n".join(lines) + "\n"

@@ -43,8 +43,9 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     assert {"prompt", "seed", "raw", "reward", "group_mean", "group_std", "advantage", "dropped"} <= set(groups)
     assert all((r1 / "groups" / p).exists() for p in groups["path"])
     assert (r1 / "train" / "pipeline" / "model_index.json").exists()
-    record = json.loads((r1 / "summary.json").read_text())
+    record = json.loads((r1 / "eval" / "round.json").read_text())
     assert set(record["seconds"]) == {"generate", "score", "train", "evaluate"}
+    assert set(record["decision"]) == {"promote", "gain", "threshold", "reason"}
     # round 2 starts from the best model so far
     champion_after_1 = rows[1]["model"] if rows[1]["champion"] else str(base)
     assert rows[2]["started_from"] == champion_after_1

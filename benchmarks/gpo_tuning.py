@@ -1,0 +1,102 @@
+"""How GPO's knobs (β, lr, epochs, prompts per round) move the embedded model: the tuning behind params/gpo.yaml.
+
+One configuration = N rounds chained without champion selection (each round starts from the previous
+one, so the curve shows the knob, not the selection), then a quick held-out evaluation of the last
+model on a subset of the evaluation seeds (counting_seeds / text_seeds below), compared with the
+shipped base on the same prompts and seeds (read from data/calibration/base_scores.parquet).
+The on-policy mean reward of every round's own group images, per task, is the free learning curve.
+
+    python benchmarks/gpo_tuning.py NAME --rounds 3 train.lr=1e-4 train.epochs=8 groups.prompts_per_round=60
+
+Appends one row to benchmarks/results/gpo_tuning.json and rewrites gpo_tuning.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from gpo.calibrate import evaluate_model
+from gpo.cli import _load, _ws
+from gpo.io import atomic_write_json, atomic_write_text
+from gpo.model.adapters import load_any
+from gpo.params import GpoFile
+from gpo.prompts import read_prompts
+from gpo.round import improve, train_reward_by_task
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def override(cfg: GpoFile, items: list[str]) -> GpoFile:
+    data = cfg.model_dump()
+    for item in items:
+        key, value = item.split("=", 1)
+        section, field = key.split(".")
+        data[section][field] = json.loads(value) if value[:1] in "[{0123456789-." else value
+    return GpoFile.model_validate(data)
+
+
+def quick_metrics(table: pd.DataFrame) -> dict[str, float]:
+    c = table[(table.task == "counting") & (table.split == "heldout")]
+    t = table[(table.task == "text") & (table.split == "heldout")]
+    by_count = c.groupby("count")["correct"].mean().round(2).to_dict()
+    return {"counting_acc": float(c.correct.mean()), "ocr_reward": float(t.reward.mean()),
+            "ocr_exact": float(t.correct.mean()), "n_counting": len(c), "n_text": len(t),
+            "counting_by_count": {int(k): v for k, v in by_count.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name")
+    ap.add_argument("overrides", nargs="*", help="section.field=value on params/gpo.yaml")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--counting-seeds", type=int, default=8)
+    ap.add_argument("--text-seeds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("data/tuning"))
+    a = ap.parse_intermixed_args()
+    cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
+    e = _load(Path("params"), "eval.yaml").eval.model_copy(
+        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
+    prompts = read_prompts(Path("data/prompts.jsonl"))
+    scorers = _ws(Path("params")).scorers()
+    base = Path(_load(Path("params"), "models.yaml").base)
+    folder = a.out / a.name
+    model, curve, seconds = base, [], {"generate": 0.0, "score": 0.0, "train": 0.0}
+    for i in range(1, a.rounds + 1):
+        imp = improve(i, model, folder / f"round-{i}", prompts, cfg, scorers, progress=False)
+        model = imp.model
+        curve.append(train_reward_by_task(imp.rewards))
+        for k in seconds:
+            seconds[k] += imp.seconds[k]
+        print(f"round {i}: {curve[-1]} {imp.seconds}", flush=True)
+    t = time.time()
+    evaluate_model(load_any(model), prompts, scorers, e, folder / "eval", "final", progress=False)
+    final = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))
+    base_t = pd.read_parquet("data/calibration/base_scores.parquet")
+    off = e.seed_offset
+    keep = ((base_t.task == "counting") & (base_t.seed < off + a.counting_seeds)) | (
+        (base_t.task == "text") & (base_t.seed < off + a.text_seeds))
+    row = {"name": a.name, "overrides": a.overrides, "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
+           "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
+           "train_reward_curve": curve, "base": quick_metrics(base_t[keep]), "final": final}
+    print(json.dumps(row, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "gpo_tuning.json"
+    rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["name"] != a.name] + [row]
+    atomic_write_json(path, rows)
+    lines = ["| name | overrides | rounds | GPO s | counting acc base → final | OCR reward base → final | "
+             "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        b, f = r["base"], r["final"]
+        lines.append(f"| {r['name']} | {' '.join(r['overrides'])} | {r['rounds']} | {r['gpo_seconds']} | "
+                     f"{b['counting_acc']:.3f} → {f['counting_acc']:.3f} | {b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | "
+                     f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {f['counting_by_count']} |")
+    atomic_write_text(RESULTS / "gpo_tuning.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

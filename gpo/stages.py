@@ -1,0 +1,131 @@
+"""The per-round stages of dvc.yaml as one function each: params and paths in, gpo/round.py steps out.
+
+`gpo stage STEP --round I` calls `run_stage`; dvc.yaml runs that command; the Prefect flow runs the
+DVC stages. Where round I starts is decided here, once: params/run.yaml `rounds.'I'.start` is 'auto'
+(the champion after round I−1, from its champion.json) or a registered version pinned by
+`gpo promote` / `gpo rollback`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpo import params as P
+from gpo.errors import GpoError
+from gpo.round import (RoundDir, champion_entry, read_champion, step_base, step_evaluate, step_generate,
+                       step_score, step_train)
+
+STAGES = ("base", "generate", "score", "train", "evaluate")
+
+
+@dataclass
+class Workspace:
+    root: Path
+    params: Path  # params folder
+    prompts: Path  # data/prompts.jsonl
+    rounds: Path  # data/rounds
+    calibration: Path  # data/calibration (round 0 = the calibration's evaluation of the base)
+
+    @classmethod
+    def default(cls, root: Path, params: Path | None = None) -> "Workspace":
+        root = Path(root)
+        return cls(root, Path(params) if params else root / "params", root / "data" / "prompts.jsonl",
+                   root / "data" / "rounds", root / "data" / "calibration")
+
+    def load(self, name: str):
+        return P.load(self.params / name, P.FILES[name])
+
+    def resolve(self, path: str | Path) -> Path:
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
+    def tracker(self):
+        from gpo.tracking import Tracker, flat_params
+
+        return Tracker(self.load("run.yaml").mlflow, self.root,
+                       flat_params(self.load("gpo.yaml"), self.load("eval.yaml")))
+
+    def scorers(self):
+        from gpo.evaluate import Scorers
+        from gpo.rewards.detector import Detector
+        from gpo.rewards.ocr import OcrReader
+
+        r = self.load("rewards.yaml")
+        det = Detector(self.resolve(r.detector.weights), imgsz=r.detector.imgsz, conf=r.detector.conf)
+        return Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale))
+
+    def prompt_table(self):
+        from gpo.prompts import read_prompts
+
+        return read_prompts(self.prompts)
+
+
+def start_champion(ws: Workspace, index: int, tracker=None) -> dict:
+    """The champion record round `index` starts from (model path + its held-out summary)."""
+    run = ws.load("run.yaml")
+    entry = run.rounds.get(str(index))
+    if entry is None:
+        raise GpoError(f"round {index} is not listed", file=str(ws.params / "run.yaml"), field="rounds",
+                       fix=f"add  '{index}': {{prev: {index - 1}, start: auto}}  (or `gpo rounds --set {index}`)")
+    if entry.start == "auto":
+        return read_champion(ws.rounds / f"round-{entry.prev}" / "champion.json")
+    tracker = tracker or ws.tracker()
+    version = int(entry.start)
+    model = tracker.version_path(version)
+    mv = tracker.client.get_model_version(tracker.p.model_name, str(version))
+    summary_file = Path(mv.tags.get("summary_path", ""))
+    if not summary_file.exists():
+        raise GpoError(f"the evaluation of registered version {version} is not on disk", file=str(summary_file),
+                       field=f"rounds.'{index}'.start", fix="pull the round's outputs (`dvc pull`) or pin another version")
+    return champion_entry(int(mv.tags.get("round", -1)), model, json.loads(summary_file.read_text()), version)
+
+
+def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track: bool = True) -> dict:
+    """Run one stage; returns a small JSON-able report."""
+    if step not in STAGES:
+        raise GpoError(f"unknown stage {step!r}", field="STEP", fix=f"one of {', '.join(STAGES)}")
+    tracker = ws.tracker() if track and step in ("base", "evaluate") else None
+    if step == "base":
+        cal = ws.calibration / "calibration.json"
+        if not cal.exists():
+            raise GpoError("the base model's calibration is missing", file=str(cal), fix="run `dvc repro calibrate`")
+        base = ws.resolve(ws.load("models.yaml").base)
+        champion = step_base(base, RoundDir(ws.rounds / "round-0"), json.loads(cal.read_text())["base_model"], tracker)
+        return {"round": 0, "headline": champion["headline"], "version": champion["version"]}
+    if index < 1:
+        raise GpoError("round numbers start at 1 (round 0 is the base stage)", field="--round", value=index,
+                       fix="pass 1 or more")
+    rd = RoundDir(ws.rounds / f"round-{index}")
+    cfg = ws.load("gpo.yaml")
+    if step == "generate":
+        start = Path(start_champion(ws, index)["model"])
+        table = step_generate(index, start, rd, ws.prompt_table(), cfg, progress)
+        return {"round": index, "images": len(table), "start_model": str(start)}
+    if step == "score":
+        rewards = step_score(rd, ws.scorers())
+        return {"round": index, "mean_reward": float(rewards["reward"].mean()),
+                "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
+    if step == "train":
+        start = Path(start_champion(ws, index)["model"])
+        return {"round": index, "model": str(step_train(start, rd, cfg, progress))}
+    prev = start_champion(ws, index, tracker)
+    champion, decision = step_evaluate(index, rd, prev, ws.prompt_table(), ws.scorers(), ws.load("eval.yaml").eval,
+                                       ws.load("run.yaml").promotion.z, progress, tracker)
+    return {"round": index, "champion_round": champion["round"], "promoted": decision.promote,
+            "reason": decision.reason}
+
+
+def pin_next_round(ws: Workspace, version: int) -> str:
+    """After a manual promotion: the first round without a champion.json starts from `version`."""
+    run = ws.load("run.yaml")
+    i = 1
+    while (ws.rounds / f"round-{i}" / "champion.json").exists():
+        i += 1
+    if str(i) not in run.rounds:
+        run = run.with_rounds(i)
+    rounds = dict(run.rounds)
+    rounds[str(i)] = rounds[str(i)].model_copy(update={"start": str(version)})
+    P.save(ws.params / "run.yaml", run.model_copy(update={"rounds": rounds}))
+    return str(i)

@@ -1,0 +1,217 @@
+"""MLflow: one run per round (params, per-step training metrics, held-out metrics with interval bounds,
+grids and reward histograms, tags to git/DVC), every round's model a registered version, and the alias
+`champion` that moves only by the promotion rule or by hand (`gpo promote` / `gpo rollback`).
+
+A registered version is a pyfunc model whose artifact is the diffusers pipeline folder:
+    mlflow.pyfunc.load_model("models:/gpo-embedded@champion").predict(["three red circles"])
+returns one PIL image per prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from gpo.errors import GpoError
+from gpo.params import MlflowParams
+
+ALIAS = "champion"
+HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of alias moves (version, reason, time)
+
+
+def _pyfunc_class():
+    """The pyfunc wrapper, defined lazily (importing mlflow.pyfunc is slow)."""
+    import mlflow.pyfunc
+
+    class GpoPipeline(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            from gpo.model.adapters import load_any
+
+            self.pipe = load_any(Path(context.artifacts["pipeline"]))
+
+        def predict(self, context, model_input, params: Optional[dict] = None):
+            from gpo.generate import generate
+
+            prompts = list(model_input["prompt"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
+            p = params or {}
+            seeds = [int(p.get("seed", 0)) + i for i in range(len(prompts))]
+            return generate(self.pipe, prompts, seeds, steps=int(p.get("steps", 10)),
+                            guidance_scale=float(p.get("guidance_scale", 3.0)), batch_size=32, progress=False)
+
+    return GpoPipeline
+
+
+def flat_params(*files) -> dict[str, str]:
+    """`section.key` → value of params file objects (gpo.yaml, eval.yaml), as MLflow params."""
+    out = {}
+    for f in files:
+        for section, values in f.model_dump().items():
+            for k, v in (values.items() if isinstance(values, dict) else [("value", values)]):
+                out[f"{section}.{k}"] = str(v)[:250]
+    return out
+
+
+def _git_commit(root: Path) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest() if path.exists() else "none"
+
+
+class Tracker:
+    def __init__(self, p: MlflowParams, workspace: Path, run_params: Optional[dict] = None):
+        """`run_params`: the settings logged as params of every run (see `flat_params`)."""
+        import mlflow
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.p, self.root, self.run_params = p, Path(workspace), run_params or {}
+        uri = p.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            db = self.root / uri.removeprefix("sqlite:///")
+            db.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{db}"
+        self.uri = uri
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        self.mlflow = mlflow
+        self.client = mlflow.MlflowClient(uri, uri)
+        exp = self.client.get_experiment_by_name(p.experiment)
+        if exp is None:
+            art = Path(p.artifact_root)
+            art = art if art.is_absolute() else self.root / art
+            art.mkdir(parents=True, exist_ok=True)
+            self.experiment_id = self.client.create_experiment(p.experiment, artifact_location=art.as_uri())
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # --- one round ---------------------------------------------------------------------------------
+    def log_round(self, index: int, rd, record: dict, summary: dict, promoted: bool,
+                  model: Optional[Path] = None) -> int:
+        """Log round `index` (its folder `rd`, a round.RoundDir); register its model; move the alias if promoted.
+        Returns the registered version number."""
+        mlflow = self.mlflow
+        model = Path(model or rd.model)
+        with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"round-{index}") as run:
+            mlflow.set_tags({"round": str(index), "git_commit": _git_commit(self.root),
+                             "dvc_lock_md5": _file_md5(self.root / "dvc.lock"), "promoted": str(promoted),
+                             "model_path": str(model)})
+            mlflow.log_params(self._params(index, record))
+            log = rd.train / "train_log.json"
+            if log.exists():
+                for row in json.loads(log.read_text()):
+                    mlflow.log_metrics({f"train/{k}": float(row[k]) for k in
+                                        ("loss", "implicit_accuracy", "reward_margin", "dropped_group_share")},
+                                       step=int(row["step"]))
+            mlflow.log_metrics({f"eval/{k}": float(v) for k, v in record["metrics"].items()})
+            mlflow.log_metrics({f"seconds/{k}": float(v) for k, v in record["seconds"].items()})
+            for png in sorted(rd.eval.glob("*_grid.png")):
+                mlflow.log_artifact(str(png), artifact_path="grids")
+            scores = rd.eval / "model_scores.parquet"
+            if scores.exists():
+                mlflow.log_figure(reward_histogram(pd.read_parquet(scores), f"round {index}"),
+                                  "plots/reward_histogram.png")
+            mlflow.log_text(json.dumps(record, indent=1, default=str), "round.json")
+            info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+                                           artifacts={"pipeline": str(model)}, pip_requirements=["gpo"],
+                                           registered_model_name=self.p.model_name)
+            version = int(info.registered_model_version)
+        self.client.set_model_version_tag(self.p.model_name, str(version), "round", str(index))
+        self.client.set_model_version_tag(self.p.model_name, str(version), "pipeline_path", str(model))
+        self.client.set_model_version_tag(self.p.model_name, str(version), "run_id", run.info.run_id)
+        self.client.set_model_version_tag(self.p.model_name, str(version), "summary_path",
+                                          str(rd.eval / "summary.json"))
+        if promoted:
+            self._move_alias(version, record["decision"]["reason"] if record.get("decision") else "base model",
+                             by="rule")
+        return version
+
+    def _params(self, index: int, record: dict) -> dict:
+        return {"round": index, "model_in": record.get("model_in") or "", "model_out": record["model_out"],
+                **self.run_params}
+
+    # --- the champion alias ----------------------------------------------------------------------
+    def _history(self) -> list[dict]:
+        tags = self.client.get_registered_model(self.p.model_name).tags
+        return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+    def _move_alias(self, version: int, reason: str, by: str) -> None:
+        history = self._history() + [{"version": int(version), "reason": reason, "by": by,
+                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+        self.client.set_registered_model_alias(self.p.model_name, ALIAS, str(version))
+        self.client.set_registered_model_tag(self.p.model_name, HISTORY_TAG, json.dumps(history))
+        self.client.set_model_version_tag(self.p.model_name, str(version), "champion_reason", reason)
+
+    def champion(self) -> Optional[int]:
+        try:
+            return int(self.client.get_model_version_by_alias(self.p.model_name, ALIAS).version)
+        except self.mlflow.exceptions.MlflowException:
+            return None
+
+    def history(self) -> list[dict]:
+        return self._history()
+
+    def promote(self, version: int, reason: str) -> None:
+        """Make `version` the champion by hand; the reason is recorded on the version and in the history."""
+        self._check_version(version)
+        if not reason.strip():
+            raise GpoError("a promotion needs a reason", field="--reason", fix="say why, e.g. --reason 'grids look better'")
+        self._move_alias(version, reason, by="hand")
+
+    def rollback(self, reason: str) -> int:
+        """Move the champion back to the one before it in the history; returns that version."""
+        history = self._history()
+        current = self.champion()
+        earlier = [h["version"] for h in history if h["version"] != current]
+        if not earlier:
+            raise GpoError("no earlier champion to roll back to", field=f"registered model {self.p.model_name}",
+                           fix="promote a version by hand with `gpo promote VERSION --reason ...`")
+        target = earlier[-1]
+        self._move_alias(target, f"rollback from {current}: {reason}", by="hand")
+        return target
+
+    def _check_version(self, version: int) -> None:
+        try:
+            self.client.get_model_version(self.p.model_name, str(version))
+        except self.mlflow.exceptions.MlflowException:
+            raise GpoError(f"registered model {self.p.model_name!r} has no version {version}", field="VERSION",
+                           value=version, fix="list versions in the MLflow UI or with `gpo champion`") from None
+
+    def version_path(self, version: int) -> Path:
+        """The local pipeline folder of a registered version (its DVC output path, else the MLflow copy)."""
+        self._check_version(version)
+        mv = self.client.get_model_version(self.p.model_name, str(version))
+        local = Path(mv.tags.get("pipeline_path", ""))
+        if (local / "model_index.json").exists():
+            return local
+        from mlflow.artifacts import download_artifacts
+
+        return Path(download_artifacts(f"models:/{self.p.model_name}/{version}")) / "artifacts" / "pipeline"
+
+
+def reward_histogram(table: pd.DataFrame, title: str):
+    """Held-out reward histograms, one panel per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, task in zip(axes, ("counting", "text")):
+        r = table.loc[(table.task == task) & (table.split == "heldout"), "reward"]
+        ax.hist(r, bins=11, range=(0, 1))
+        ax.set_title(f"{title}: {task} (n={len(r)}, mean {r.mean():.3f})")
+        ax.set_xlabel("reward")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,39 @@
+"""The champion rule (gpo/promotion.py) against hand-computed values."""
+
+import pytest
+
+from gpo.promotion import decide, headline, headline_se
+
+
+def summary(acc, acc_ci, ocr, ocr_ci):
+    return {"counting/heldout": {"accuracy": {"value": acc, "low": acc - acc_ci, "high": acc + acc_ci}},
+            "text/heldout": {"mean_reward": {"value": ocr, "low": ocr - ocr_ci, "high": ocr + ocr_ci}}}
+
+
+def test_headline_and_its_standard_error_by_hand():
+    s = summary(0.5, 0.05, 0.6, 0.03)
+    assert headline(s) == pytest.approx(0.55)
+    # SEs 0.05/1.96 = 0.025510 and 0.03/1.96 = 0.015306; sqrt(sum of squares)/2 = 0.014875
+    assert headline_se(s) == pytest.approx(0.014875, abs=1e-6)
+
+
+def test_gain_must_exceed_z_standard_errors_of_the_difference():
+    champ = summary(0.5, 0.05, 0.6, 0.03)
+    # threshold for z = 1: sqrt(2) · 0.014875 = 0.021036
+    assert not decide(summary(0.52, 0.05, 0.62, 0.03), champ, 1.0).promote  # gain 0.020
+    d = decide(summary(0.523, 0.05, 0.62, 0.03), champ, 1.0)  # gain 0.0215
+    assert d.promote and d.threshold == pytest.approx(0.021036, abs=1e-6)
+    assert d.gain == pytest.approx(0.0215)
+
+
+@pytest.mark.parametrize("z", [0.0, 1.0, 2.0])
+def test_a_worse_or_equal_model_is_never_promoted(z):
+    champ = summary(0.5, 0.05, 0.6, 0.03)
+    assert not decide(summary(0.49, 0.05, 0.6, 0.03), champ, z).promote
+    assert not decide(champ, champ, z).promote
+    assert "does not beat" in decide(summary(0.3, 0.05, 0.6, 0.03), champ, z).reason
+
+
+def test_z_zero_promotes_any_gain():
+    champ = summary(0.5, 0.05, 0.6, 0.03)
+    assert decide(summary(0.501, 0.05, 0.6, 0.03), champ, 0.0).promote

@@ -1,0 +1,105 @@
+"""Real MLflow (sqlite + file artifact store in a temp dir): runs per round, registered versions, the
+champion alias (rule, promote, rollback), and loading `models:/<name>@champion` to generate."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpo.errors import GpoError
+from gpo.evaluate import Scorers
+from gpo.model.build import build_pipeline
+from gpo.params import EvalParams, EvalFile, GpoFile, GroupParams, MlflowParams, ModelParams, PromptParams, TrainParams
+from gpo.rewards.arith import Score
+from gpo.round import RoundDir, read_champion, run_rounds, step_evaluate
+from gpo.tracking import Tracker, flat_params
+from gpo.world.dataset import build_prompts
+
+TINY = ModelParams(arch="sd3", text_width=32, text_layers=1, dit_width=32, dit_layers=1, attention_head_dim=8)
+
+
+class Brightness:
+    def score(self, images, prompts):
+        vals = [float(np.asarray(im, dtype=np.float32).mean() / 255) for im in images]
+        return [Score(v, v > 0.5, f"{v:.3f}") for v in vals]
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws")
+    base = root / "base"
+    build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
+    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, steps=2, batch_size=16),
+                  train=TrainParams(epochs=1, groups_per_step=2, lr=1e-3, beta=10.0, threads=1))
+    e = EvalParams(counting_seeds=1, text_seeds=1, heldout_word_seeds=1, steps=2, batch_size=64, gt_images=10)
+    tracker = Tracker(MlflowParams(experiment="test-exp", model_name="test-model"), root,
+                      flat_params(cfg, EvalFile(eval=e)))
+    prompts = build_prompts(PromptParams())
+    scorers = Scorers(Brightness(), Brightness())
+    rows = run_rounds(base, 2, root / "rounds", prompts, cfg, e, scorers, z=0.0, progress=False, tracker=tracker)
+    return root, tracker, rows, (prompts, scorers, e)
+
+
+def test_every_round_is_a_run_and_a_registered_version(tracked):
+    root, tracker, rows, _ = tracked
+    assert (root / "mlflow" / "mlflow.db").exists()
+    runs = mlflow.search_runs(experiment_ids=[tracker.experiment_id], order_by=["attributes.start_time ASC"])
+    assert list(runs["tags.round"]) == ["0", "1", "2"]
+    r1 = runs[runs["tags.round"] == "1"].iloc[0]
+    assert r1["metrics.eval/counting_heldout_accuracy_low"] <= r1["metrics.eval/counting_heldout_accuracy"]
+    assert r1["tags.git_commit"] and r1["params.train.beta"] == "10.0"
+    history = tracker.client.get_metric_history(r1["run_id"], "train/loss")
+    assert len(history) == 2 and [m.step for m in history] == [1, 2]  # 4 groups / 2 per step, 1 epoch
+    arts = {a.path for a in tracker.client.list_artifacts(r1["run_id"], "grids")}
+    assert {"grids/model_counting_grid.png", "grids/model_text_grid.png"} <= arts
+    assert [a.path for a in tracker.client.list_artifacts(r1["run_id"], "plots")] == ["plots/reward_histogram.png"]
+    versions = [r["version"] for r in rows]
+    assert versions == [1, 2, 3]
+
+
+def test_alias_follows_champion_json_and_loads_for_generation(tracked):
+    root, tracker, rows, _ = tracked
+    last = read_champion(root / "rounds" / "round-2" / "champion.json")
+    assert tracker.champion() == last["version"]
+    model = mlflow.pyfunc.load_model("models:/test-model@champion")
+    images = model.predict(["three red circles", "\"CAT\" on a sign"], params={"steps": 2})
+    assert len(images) == 2 and all(isinstance(im, Image.Image) for im in images)
+
+
+def test_a_worse_model_is_never_promoted(tracked, tmp_path):
+    root, tracker, _, (prompts, scorers, e) = tracked
+    before = tracker.champion()
+    rd1 = RoundDir(root / "rounds" / "round-1")
+    champ = read_champion(root / "rounds" / "round-2" / "champion.json")
+    # a champion whose held-out numbers are perfect: round 1's model is worse and must not move the alias
+    perfect = json.loads(json.dumps(champ["summary"]))
+    for key, metric in (("counting/heldout", "accuracy"), ("text/heldout", "mean_reward")):
+        perfect[key][metric] = {"value": 1.0, "low": 0.99, "high": 1.0, "n": 400}
+    champ = {**champ, "summary": perfect}
+    copy = RoundDir(tmp_path / "round-9")
+    import shutil
+    shutil.copytree(rd1.root, copy.root)
+    (copy.champion).unlink()
+    new_champion, decision = step_evaluate(9, copy, champ, prompts, scorers, e, 0.0, False, tracker)
+    assert not decision.promote and new_champion == champ
+    assert tracker.champion() == before
+    assert json.loads(copy.champion.read_text())["version"] == champ["version"]
+
+
+def test_promote_and_rollback_by_hand_are_recorded(tracked):
+    _, tracker, _, _ = tracked
+    before = tracker.champion()
+    tracker.promote(1, "the base looks better on the grids")
+    assert tracker.champion() == 1
+    mv = tracker.client.get_model_version("test-model", "1")
+    assert mv.tags["champion_reason"] == "the base looks better on the grids"
+    back = tracker.rollback("promotion was a mistake")
+    assert back == before == tracker.champion()
+    h = tracker.history()
+    assert h[-2]["by"] == "hand" and h[-1]["reason"].startswith("rollback from 1")
+    with pytest.raises(GpoError, match="no version 99"):
+        tracker.promote(99, "x")
+    with pytest.raises(GpoError, match="needs a reason"):
+        tracker.promote(1, " ")
