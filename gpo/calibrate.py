@@ -62,6 +62,8 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
     for task in ("counting", "text"):
         idx = [i for i, p in enumerate(plan_p) if p.task == task and p.split == "heldout"]
         idx = idx[:: max(1, len(idx) // 48)][:48]
+        if not idx:
+            continue
         save_grid([images[i] for i in idx], out / f"{name}_{task}_grid.png",
                   labels=[f"{table.raw[i]}" for i in idx], scale=3)
     summary = summarize(table)

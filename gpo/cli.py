@@ -169,11 +169,16 @@ def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rou
 
 
 @app.command("table")
-def table_cmd(rounds_dir: Path = RoundsDirOpt):
+def table_cmd(rounds_dir: Path = RoundsDirOpt,
+              out: Optional[Path] = typer.Option(None, help="also write rounds.md/json and the curves here "
+                                                 "(the DVC report stage: data/metrics)")):
     """Print the per-round table (held-out accuracies with intervals, time split, champion)."""
-    from gpo.round import rounds_markdown, rounds_table
+    from gpo.round import rounds_markdown, rounds_table, write_report
 
-    typer.echo(rounds_markdown(rounds_table(_resolve(rounds_dir))))
+    if out is not None:
+        typer.echo(write_report(_resolve(rounds_dir), _resolve(out)))
+    else:
+        typer.echo(rounds_markdown(rounds_table(_resolve(rounds_dir))))
 
 
 @app.command("champion")

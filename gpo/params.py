@@ -281,8 +281,13 @@ def load(path: str | Path, model: type[M]) -> M:
     if not path.exists():
         raise GpoError("params file not found", file=str(path),
                        fix="run `gpo params --write` to create the defaults, or pass the right --params folder")
+    return load_text(path.read_text(), model, path)
+
+
+def load_text(text: str, model: type[M], path: Path) -> M:
+    """Validate YAML text as the params file `path` (errors name that file)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise GpoError(f"not valid YAML: {err}", file=str(path), fix="fix the YAML syntax") from None
     if not isinstance(data, dict):

@@ -8,7 +8,7 @@ folder, and each step writes only its own files (they are the DVC outputs of its
     groups/rewards.parquet, groups/score.json                              score
     train/pipeline, train/train_log.json, train/train.json, checkpoints    train (checkpoints: resume)
     eval/model_scores.parquet, eval/*_grid.png, eval/summary.json,         evaluate
-    eval/metrics.json, eval/round.json, champion.json
+    eval/round.json, metrics.json, champion.json
 `champion.json` names the model the next round starts from: this round's, when it beats the previous
 champion by the rule of gpo/promotion.py, else the previous champion.
 """
@@ -27,7 +27,7 @@ from gpo.calibrate import evaluate_model, flat_metrics
 from gpo.errors import GpoError
 from gpo.evaluate import Scorers
 from gpo.groups import generate_groups, load_images, pick_prompts
-from gpo.io import atomic_write_json
+from gpo.io import atomic_write_json, atomic_write_text
 from gpo.model.adapters import load_any
 from gpo.params import EvalParams, GpoFile
 from gpo.promotion import Decision, decide, headline
@@ -71,6 +71,11 @@ class RoundDir:
     @property
     def record(self) -> Path:
         return self.eval / "round.json"
+
+    @property
+    def metrics(self) -> Path:
+        """Flat held-out metrics (DVC metrics; outside eval/, which is one DVC output)."""
+        return self.root / "metrics.json"
 
     @property
     def champion(self) -> Path:
@@ -162,7 +167,7 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
     decision = decide(summary, prev_champion["summary"], z)
     metrics = flat_metrics(summary)
     metrics["headline"] = round(headline(summary), 4)
-    atomic_write_json(rd.eval / "metrics.json", metrics)
+    atomic_write_json(rd.metrics, metrics)
     _timed(rd, "evaluate", t0)
     rewards = pd.read_parquet(rd.rewards) if rd.rewards.exists() else None
     record = {"round": index, "model_in": json.loads(rd.seconds_file("generate").read_text())["start_model"]
@@ -173,7 +178,7 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
         record["train_reward_mean"] = float(rewards["reward"].mean())
         record.update(train_reward_by_task(rewards))
     version = tracker.log_round(index, rd, record, summary, decision.promote) if tracker else None
-    record["version"] = version
+    record["version"], record["mlflow_run"] = version, tracker.last_run if tracker else None
     atomic_write_json(rd.record, record)
     champion = champion_entry(index, rd.model, summary, version) if decision.promote else prev_champion
     atomic_write_json(rd.champion, champion)
@@ -184,11 +189,11 @@ def step_base(base: Path, rd: RoundDir, summary: dict, tracker=None) -> dict:
     """Round 0: the base model and its evaluation (the calibration's) become the first champion."""
     atomic_write_json(rd.eval / "summary.json", summary)
     metrics = {**flat_metrics(summary), "headline": round(headline(summary), 4)}
-    atomic_write_json(rd.eval / "metrics.json", metrics)
+    atomic_write_json(rd.metrics, metrics)
     record = {"round": 0, "model_in": None, "model_out": str(base), "seconds": {}, "metrics": metrics,
               "headline": headline(summary), "decision": None}
     version = tracker.log_round(0, rd, record, summary, True, model=Path(base)) if tracker else None
-    record["version"] = version
+    record["version"], record["mlflow_run"] = version, tracker.last_run if tracker else None
     atomic_write_json(rd.record, record)
     champion = champion_entry(0, base, summary, version)
     atomic_write_json(rd.champion, champion)
@@ -280,3 +285,36 @@ def rounds_markdown(rows: list[dict]) -> str:
                      f"{s.get('generate', 0):.0f} | {s.get('score', 0):.0f} | {s.get('train', 0):.0f} | "
                      f"{s.get('evaluate', 0):.0f} | {'yes' if r['champion'] else ''} |")
     return "\n".join(lines) + "\n"
+
+
+def write_report(folder: Path, out: Path) -> str:
+    """data/metrics: rounds.md (the table), rounds.json (champion and last round, flat: `dvc metrics`),
+    rounds_curve.json and train_curve.json (`dvc plots`)."""
+    rows = rounds_table(folder)
+    if not rows:
+        raise GpoError("no finished round to report", file=str(Path(folder) / "round-0" / "eval" / "round.json"),
+                       fix="run the base stage and at least one round (`dvc repro`)")
+    md = rounds_markdown(rows)
+    out = Path(out)
+    atomic_write_text(out / "rounds.md", md)
+    champ = max((r for r in rows if r["champion"]), key=lambda r: r["round"])
+    pick = ("counting_heldout_accuracy", "text_heldout_mean_reward", "text_heldout_accuracy",
+            "text_heldout_words_mean_reward")
+    atomic_write_json(out / "rounds.json", {
+        "rounds": len(rows) - 1, "champion_round": champ["round"],
+        "champion": {k: champ["metrics"][k] for k in pick + ("headline",)},
+        "base": {k: rows[0]["metrics"][k] for k in pick + ("headline",)},
+        "last": {k: rows[-1]["metrics"][k] for k in pick + ("headline",)}})
+    atomic_write_json(out / "rounds_curve.json", [
+        {"round": r["round"], "counting_accuracy": r["metrics"]["counting_heldout_accuracy"],
+         "ocr_mean_reward": r["metrics"]["text_heldout_mean_reward"],
+         "ocr_exact": r["metrics"]["text_heldout_accuracy"]} for r in rows])
+    curve, offset = [], 0
+    for r in rows[1:]:
+        log = Path(folder) / f"round-{r['round']}" / "train" / "train_log.json"
+        steps = json.loads(log.read_text()) if log.exists() else []
+        curve += [{"step": offset + s["step"], "round": r["round"], "loss": s["loss"],
+                   "implicit_accuracy": s["implicit_accuracy"]} for s in steps]
+        offset += len(steps)
+    atomic_write_json(out / "train_curve.json", curve)
+    return md

@@ -129,3 +129,36 @@ def pin_next_round(ws: Workspace, version: int) -> str:
     rounds[str(i)] = rounds[str(i)].model_copy(update={"start": str(version)})
     P.save(ws.params / "run.yaml", run.model_copy(update={"rounds": rounds}))
     return str(i)
+
+
+def apply_overrides(ws: Workspace, overrides: dict[str, object]) -> list[str]:
+    """Set params like `dvc exp run -S`: {"gpo.yaml:train.lr": 1e-4}. Each file is validated, then written
+    atomically with its comments; returns the changed keys. DVC then re-runs exactly what depends on them."""
+    by_file: dict[str, dict[str, object]] = {}
+    for key, value in overrides.items():
+        name, sep, dotted = key.partition(":")
+        if not sep or name not in P.FILES or not dotted:
+            raise GpoError("override keys are 'FILE:section.key'", field=key, value=value,
+                           fix=f"e.g. 'gpo.yaml:train.lr'; FILE is one of {', '.join(P.FILES)}")
+        by_file.setdefault(name, {})[dotted] = value
+    changed = []
+    for name, items in by_file.items():
+        data = ws.load(name).model_dump()
+        for dotted, value in items.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise GpoError("no such section", file=str(ws.params / name), field=dotted,
+                                   fix=f"sections here: {sorted(k for k, v in data.items() if isinstance(v, dict))}")
+                node = node[part]
+            if leaf not in node:
+                raise GpoError("no such key", file=str(ws.params / name), field=dotted, fix=f"keys here: {sorted(node)}")
+            node[leaf] = value
+            changed.append(f"{name}:{dotted}")
+        import yaml
+
+        tmp = yaml.safe_dump(data)
+        obj = P.load_text(tmp, P.FILES[name], ws.params / name)
+        P.save(ws.params / name, obj)
+    return changed

@@ -77,6 +77,7 @@ class Tracker:
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         self.p, self.root, self.run_params = p, Path(workspace), run_params or {}
+        self.last_run: Optional[tuple[str, str]] = None  # (experiment id, run id) of the last log_round
         uri = p.tracking_uri
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             db = self.root / uri.removeprefix("sqlite:///")
@@ -127,6 +128,7 @@ class Tracker:
                                            artifacts={"pipeline": str(model)}, pip_requirements=["gpo"],
                                            registered_model_name=self.p.model_name)
             version = int(info.registered_model_version)
+            self.last_run = (self.experiment_id, run.info.run_id)
         self.client.set_model_version_tag(self.p.model_name, str(version), "round", str(index))
         self.client.set_model_version_tag(self.p.model_name, str(version), "pipeline_path", str(model))
         self.client.set_model_version_tag(self.p.model_name, str(version), "run_id", run.info.run_id)

@@ -31,7 +31,8 @@ def test_committed_yaml_comments_every_key(root):
         lines = (root / "params" / name).read_text().splitlines()
         for i, line in enumerate(lines):
             s = line.strip()
-            if s and not s.startswith("#") and ":" in s and not s.endswith(":"):
+            entry = s.startswith("'")  # one entry of a mapping (run.yaml rounds), commented above the mapping
+            if s and not s.startswith("#") and ":" in s and not s.endswith(":") and not entry:
                 assert lines[i - 1].strip().startswith("#"), f"{name}:{i + 1} has no comment: {s}"
 
 
