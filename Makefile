@@ -2,15 +2,23 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: install run test rebuild-release
+.PHONY: install run test serve mlflow-ui rebuild-release
 
 install:
 	@scripts/install.sh
 
-# Main job on the embedded default: curate prompts, calibrate reward models and the shipped base model.
+# Main job on the embedded default: the Prefect flow gpo-self-improve runs every DVC stage (prompts,
+# calibration, then generate → score → train → evaluate per round), logging to MLflow; prints the table.
 run: install
-	dvc repro
-	@cat data/calibration/calibration.md
+	python -m flows.self_improve run
+
+# Local Prefect server (127.0.0.1:4200) + the deployment gpo-self-improve/local, in one command.
+serve: install
+	scripts/serve.sh local
+
+# MLflow UI on the project's tracking store.
+mlflow-ui: install
+	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow/mlflow.db
 
 test: install
 	python -m pytest -q

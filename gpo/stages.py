@@ -137,6 +137,7 @@ def apply_overrides(ws: Workspace, overrides: dict[str, object]) -> list[str]:
     by_file: dict[str, dict[str, object]] = {}
     for key, value in overrides.items():
         name, sep, dotted = key.partition(":")
+        name = name.removeprefix("params/")  # `dvc exp run -S params/gpo.yaml:train.lr=...` spelling too
         if not sep or name not in P.FILES or not dotted:
             raise GpoError("override keys are 'FILE:section.key'", field=key, value=value,
                            fix=f"e.g. 'gpo.yaml:train.lr'; FILE is one of {', '.join(P.FILES)}")

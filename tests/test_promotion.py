@@ -37,3 +37,20 @@ def test_a_worse_or_equal_model_is_never_promoted(z):
 def test_z_zero_promotes_any_gain():
     champ = summary(0.5, 0.05, 0.6, 0.03)
     assert decide(summary(0.501, 0.05, 0.6, 0.03), champ, 0.0).promote
+
+
+def test_overrides_set_params_like_dvc_exp_and_name_bad_keys(tmp_path):
+    from gpo import params as P
+    from gpo.errors import GpoError
+    from gpo.stages import Workspace, apply_overrides
+
+    P.write_defaults(tmp_path / "params")
+    ws = Workspace.default(tmp_path)
+    changed = apply_overrides(ws, {"gpo.yaml:train.lr": 3e-5, "params/run.yaml:promotion.z": 0.5})
+    assert changed == ["gpo.yaml:train.lr", "run.yaml:promotion.z"]
+    assert ws.load("gpo.yaml").train.lr == 3e-5 and ws.load("run.yaml").promotion.z == 0.5
+    assert "# AdamW learning rate" in (tmp_path / "params" / "gpo.yaml").read_text()  # comments kept
+    for bad, match in (({"gpo.yaml:train.lrr": 1}, "no such key"), ({"train.lr": 1}, "FILE:section.key"),
+                       ({"gpo.yaml:train.lr": -1}, "gpo.yaml")):
+        with pytest.raises(GpoError, match=match):
+            apply_overrides(ws, bad)

@@ -103,3 +103,22 @@ def test_promote_and_rollback_by_hand_are_recorded(tracked):
         tracker.promote(99, "x")
     with pytest.raises(GpoError, match="needs a reason"):
         tracker.promote(1, " ")
+
+
+def test_a_pinned_version_is_where_the_next_round_starts(tracked, tmp_path):
+    from gpo import params as P
+    from gpo.stages import Workspace, pin_next_round, start_champion
+
+    root, tracker, _, _ = tracked
+    P.write_defaults(tmp_path / "params")
+    ws = Workspace.default(root, tmp_path / "params")
+    ws.rounds = root / "rounds"
+    assert pin_next_round(ws, 1) == "3"  # rounds 1 and 2 are done
+    run = ws.load("run.yaml")
+    assert run.rounds["3"].start == "1" and run.rounds["2"].start == "auto"
+    start = start_champion(ws, 3, tracker)
+    assert start["version"] == 1 and start["round"] == 0
+    assert start["model"] == str(root / "base")
+    assert start["summary"] == json.loads((root / "rounds" / "round-0" / "eval" / "summary.json").read_text())
+    auto = start_champion(ws, 2, tracker)
+    assert auto == read_champion(root / "rounds" / "round-1" / "champion.json")
