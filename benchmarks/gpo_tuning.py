@@ -57,17 +57,20 @@ def main() -> None:
     ap.add_argument("--counting-seeds", type=int, default=8)
     ap.add_argument("--text-seeds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("data/tuning"))
+    ap.add_argument("--task", choices=["counting", "text"], default=None,
+                    help="train on one task's prompts only (diagnostic: do the tasks interfere?)")
     a = ap.parse_intermixed_args()
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
     e = _load(Path("params"), "eval.yaml").eval.model_copy(
         update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
     prompts = read_prompts(Path("data/prompts.jsonl"))
+    train_prompts = [p for p in prompts if a.task is None or p.task == a.task or p.split != "train"]
     scorers = _ws(Path("params")).scorers()
     base = Path(_load(Path("params"), "models.yaml").base)
     folder = a.out / a.name
     model, curve, seconds = base, [], {"generate": 0.0, "score": 0.0, "train": 0.0}
     for i in range(1, a.rounds + 1):
-        imp = improve(i, model, folder / f"round-{i}", prompts, cfg, scorers, progress=False)
+        imp = improve(i, model, folder / f"round-{i}", train_prompts, cfg, scorers, progress=False)
         model = imp.model
         curve.append(train_reward_by_task(imp.rewards))
         for k in seconds:
@@ -80,7 +83,7 @@ def main() -> None:
     off = e.seed_offset
     keep = ((base_t.task == "counting") & (base_t.seed < off + a.counting_seeds)) | (
         (base_t.task == "text") & (base_t.seed < off + a.text_seeds))
-    row = {"name": a.name, "overrides": a.overrides, "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
+    row = {"name": a.name, "overrides": a.overrides + ([f"--task {a.task}"] if a.task else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
            "train_reward_curve": curve, "base": quick_metrics(base_t[keep]), "final": final}
     print(json.dumps(row, indent=1))

@@ -194,14 +194,16 @@ class GroupParams(SamplingParams):
 class TrainParams(Strict):
     arm: Literal["gpo", "dpo", "dpo-random", "group-unweighted", "dgpo"] = Field(
         "gpo", description="loss: gpo (default) or an ablation arm of docs/GPO.md")
-    beta: float = Field(1000.0, gt=0, description="β on the per-element mean squared error; higher = stay closer to ref")
+    beta: float = Field(5000.0, gt=0, description="β on the per-element mean squared error; higher = stay closer to ref "
+                        "(5000: the least held-out damage in benchmarks/results/gpo_tuning.md)")
     lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm")
     epochs: int = Field(4, ge=1, description="passes over the round's groups")
     groups_per_step: int = Field(4, ge=1, description="groups whose gradients are summed per optimizer step")
     micro_batch: int = Field(16, ge=1, description="members per forward/backward; memory is flat in G beyond it")
-    timestep_min_fraction: float = Field(0.0, ge=0, lt=1, description="train only on the noisier part of t (≥ this share)")
+    timestep_min_fraction: float = Field(0.5, ge=0, lt=1, description="train only on the noisier part of t (≥ this "
+                                         "share); GPO.md: restrict t for ≤ 10-step rollouts")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning with a frozen reference copy; >0 = LoRA rank "
                            "(reference = adapters disabled)")
     lora_alpha: int = Field(0, ge=0, description="LoRA alpha (0 = 2·rank)")
