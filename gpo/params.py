@@ -248,7 +248,7 @@ class MlflowParams(Strict):
 
 class RunFile(Strict):
     rounds: dict[str, RoundEntry] = Field(
-        {str(i): RoundEntry(prev=i - 1) for i in (1, 2, 3)},
+        {str(i): RoundEntry(prev=i - 1) for i in (1, 2)},
         description="rounds DVC templates stages for (foreach): key = round number as a quoted string")
     promotion: PromotionParams = PromotionParams()
     mlflow: MlflowParams = MlflowParams()

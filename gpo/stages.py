@@ -9,6 +9,7 @@ DVC stages. Where round I starts is decided here, once: params/run.yaml `rounds.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +93,11 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
         if not cal.exists():
             raise GpoError("the base model's calibration is missing", file=str(cal), fix="run `dvc repro calibrate`")
         base = ws.resolve(ws.load("models.yaml").base)
-        champion = step_base(base, RoundDir(ws.rounds / "round-0"), json.loads(cal.read_text())["base_model"], tracker)
+        rd0 = RoundDir(ws.rounds / "round-0")
+        for grid in ws.calibration.glob("base_*_grid.png"):  # the base's sample grids, named like a round's
+            rd0.eval.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(grid, rd0.eval / grid.name.replace("base_", "model_"))
+        champion = step_base(base, rd0, json.loads(cal.read_text())["base_model"], tracker)
         return {"round": 0, "headline": champion["headline"], "version": champion["version"]}
     if index < 1:
         raise GpoError("round numbers start at 1 (round 0 is the base stage)", field="--round", value=index,
