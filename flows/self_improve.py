@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from gpo.env import workspace
+from gpo.lock import workspace_lock
 from gpo.round import STEPS, rounds_markdown, rounds_table
 from gpo.stages import Workspace, apply_overrides
 
@@ -84,7 +85,12 @@ def self_improve(rounds: Optional[int] = None, stop_when_no_improvement: bool = 
     push: `dvc push` after every round (backs the round up to the DVC remote).
     """
     root = Path(workspace_dir) if workspace_dir else workspace()
-    ws = Workspace.default(root)
+    with workspace_lock(root / "data" / ".gpo.lock"):  # a second run on this workspace is refused
+        return _rounds(Workspace.default(root), root, rounds, stop_when_no_improvement, overrides, push)
+
+
+def _rounds(ws: Workspace, root: Path, rounds: Optional[int], stop_when_no_improvement: bool,
+            overrides: Optional[dict[str, Any]], push: bool) -> list[dict]:
     if overrides:
         print(f"params set: {apply_overrides(ws, overrides)}")
     run = ws.load("run.yaml")

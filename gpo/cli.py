@@ -162,9 +162,12 @@ def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rou
     cal = ws.calibration / "calibration.json"
     base_summary = _json.loads(cal.read_text())["base_model"] if cal.exists() else None
     base = ws.resolve(ws.load("models.yaml").base)
-    rows = run_rounds(base, rounds, _resolve(out), ws.prompt_table(), ws.load("gpo.yaml"), ws.load("eval.yaml").eval,
-                      ws.scorers(), z=ws.load("run.yaml").promotion.z, base_summary=base_summary,
-                      tracker=ws.tracker() if track else None)
+    from gpo.lock import workspace_lock
+
+    with workspace_lock(ws.root / "data" / ".gpo.lock"):
+        rows = run_rounds(base, rounds, _resolve(out), ws.prompt_table(), ws.load("gpo.yaml"),
+                          ws.load("eval.yaml").eval, ws.scorers(), z=ws.load("run.yaml").promotion.z,
+                          base_summary=base_summary, tracker=ws.tracker() if track else None)
     typer.echo(rounds_markdown(rows))
 
 

@@ -122,3 +122,28 @@ def test_a_pinned_version_is_where_the_next_round_starts(tracked, tmp_path):
     assert start["summary"] == json.loads((root / "rounds" / "round-0" / "eval" / "summary.json").read_text())
     auto = start_champion(ws, 2, tracker)
     assert auto == read_champion(root / "rounds" / "round-1" / "champion.json")
+
+
+def test_promote_and_rollback_commands(tracked, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gpo import params as P
+    from gpo.cli import app
+
+    root, tracker, _, _ = tracked
+    P.write_defaults(root / "params")
+    run = P.load(root / "params" / "run.yaml", P.RunFile)
+    run.mlflow.experiment, run.mlflow.model_name = "test-exp", "test-model"
+    P.save(root / "params" / "run.yaml", run)
+    monkeypatch.setenv("GPO_WORKSPACE", str(root))
+    before = tracker.champion()
+    cli = CliRunner()
+    out = cli.invoke(app, ["promote", "2", "--reason", "sharper letters"])
+    assert out.exit_code == 0, out.output
+    assert "champion = version 2" in out.output and tracker.champion() == 2
+    out = cli.invoke(app, ["rollback", "--reason", "grids were worse"])
+    assert out.exit_code == 0 and tracker.champion() == before
+    shown = json.loads(cli.invoke(app, ["champion"]).output)
+    assert shown["champion"] == before and shown["history"][-1]["reason"].startswith("rollback from 2")
+    bad = cli.invoke(app, ["promote", "42", "--reason", "x"])
+    assert bad.exit_code != 0 and "no version 42" in str(bad.exception)
