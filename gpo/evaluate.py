@@ -11,7 +11,8 @@ from PIL import Image
 
 from gpo.metrics import accuracy, mean_interval
 from gpo.prompts import Prompt
-from gpo.rewards.arith import Score
+from gpo.errors import GpoError
+from gpo.rewards.arith import Score, failed_score
 
 
 class Scorer(Protocol):
@@ -20,10 +21,15 @@ class Scorer(Protocol):
 
 @dataclass
 class Scorers:
-    """The reward model for each task (injected: real models in use, anything with `.score` in tests)."""
+    """The reward model for each task (injected: real models in use, anything with `.score` in tests).
+
+    A reward model that raises, or returns a reward outside [0, 1], fails only the images concerned:
+    they get `failed_score` (reward NaN, the reason in `error`) and are left out of group statistics,
+    training and metrics. More than `max_failed_share` failed images in one call stops the run."""
 
     counting: Scorer
     text: Scorer
+    max_failed_share: float = 0.05
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> list[Score]:
         """Scores in input order; each prompt goes to its task's scorer in one batched call."""
@@ -31,26 +37,61 @@ class Scorers:
         for task, scorer in (("counting", self.counting), ("text", self.text)):
             idx = [i for i, p in enumerate(prompts) if p.task == task]
             if idx:
-                for i, s in zip(idx, scorer.score([images[i] for i in idx], [prompts[i] for i in idx])):
+                for i, s in zip(idx, _score_isolated(scorer, [images[i] for i in idx], [prompts[i] for i in idx])):
                     out[i] = s
+        failed = [(prompts[i].text, s.error) for i, s in enumerate(out) if s is not None and s.error]
+        if out and len(failed) / len(out) > self.max_failed_share:
+            raise GpoError(f"the reward models failed on {len(failed)} of {len(out)} images "
+                           f"(first: {failed[0][0]!r}: {failed[0][1]})", field="max_failed_share (params/rewards.yaml)",
+                           value=self.max_failed_share, fix="check the detector/OCR weights and the images; "
+                           "raise max_failed_share only if occasional failures are expected")
         return out  # type: ignore[return-value]
+
+
+def _check(s: Score) -> Score:
+    if s.error:
+        return s
+    if not (0.0 <= s.reward <= 1.0):  # also catches NaN
+        return failed_score(f"reward model returned reward {s.reward!r}, outside [0, 1]")
+    return s
+
+
+def _score_isolated(scorer: Scorer, images: list, prompts: list) -> list[Score]:
+    """One batched call; if it raises or returns the wrong number of scores, score image by image so a
+    failure stays with the image that caused it."""
+    try:
+        scores = list(scorer.score(images, prompts))
+        if len(scores) == len(images):
+            return [_check(s) for s in scores]
+    except Exception:  # noqa: BLE001 - any reward-model failure is isolated below, per image
+        pass
+    out = []
+    for im, p in zip(images, prompts):
+        try:
+            got = list(scorer.score([im], [p]))
+            out.append(_check(got[0]) if len(got) == 1 else failed_score(f"reward model returned {len(got)} scores for 1 image"))
+        except Exception as err:  # noqa: BLE001
+            out.append(failed_score(f"{type(err).__name__}: {err}"[:300]))
+    return out
 
 
 def score_table(prompts: Sequence[Prompt], seeds: Sequence[int], scores: Sequence[Score]) -> pd.DataFrame:
     """One row per image: prompt fields, seed, what the scorer saw, reward, correct."""
     return pd.DataFrame([{
         "prompt": p.text, "task": p.task, "split": p.split, "cls": p.cls, "count": p.count, "word": p.word,
-        "seed": seed, "raw": s.raw, "reward": s.reward, "correct": s.correct,
+        "seed": seed, "raw": s.raw, "reward": s.reward, "correct": s.correct, "error": s.error,
     } for p, seed, s in zip(prompts, seeds, scores)])
 
 
 def summarize(table: pd.DataFrame) -> dict:
     """Metrics per task and split: counting accuracy (+ per requested count), OCR accuracy, mean reward."""
     out: dict = {}
-    for (task, split), rows in table.groupby(["task", "split"], sort=True):
+    for (task, split), all_rows in table.groupby(["task", "split"], sort=True):
         key = f"{task}/{split}"
+        failed = all_rows["error"].notna() if "error" in all_rows else all_rows["reward"].isna()
+        rows = all_rows[~failed]  # a reward-model failure is neither right nor wrong: left out, counted
         entry = {"accuracy": accuracy(rows["correct"]).as_dict(),
-                 "mean_reward": mean_interval(rows["reward"]).as_dict()}
+                 "mean_reward": mean_interval(rows["reward"]).as_dict(), "failed": int(failed.sum())}
         if task == "counting":
             entry["accuracy_by_count"] = {int(c): accuracy(r["correct"]).as_dict()
                                           for c, r in rows.groupby("count", sort=True)}

@@ -156,6 +156,9 @@ class OcrParams(Strict):
 class RewardsFile(Strict):
     detector: DetectorParams = DetectorParams()
     ocr: OcrParams = OcrParams()
+    max_failed_share: float = Field(0.05, ge=0, le=1, description="share of images a reward model may fail on "
+                                    "(raise, or return a reward outside [0, 1]) before the run stops; failed "
+                                    "images are kept in the tables with their reason and left out of training")
 
 
 # --- sampling, shared by eval.yaml and gpo.yaml ----------------------------------------------------

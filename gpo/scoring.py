@@ -21,13 +21,15 @@ def row_prompt(r) -> Prompt:
 def add_advantages(table: pd.DataFrame, eps: float = 1e-4, clip: float = 5.0) -> pd.DataFrame:
     """Group statistics and A_i (docs/GPO.md step 4); zero-spread groups are flagged `dropped`."""
     out = table.copy()
-    out["group_mean"] = out.groupby("group")["reward"].transform("mean")
-    out["group_std"] = out.groupby("group")["reward"].transform(lambda r: r.std(ddof=0))
-    out["advantage"] = 0.0
-    for _, idx in out.groupby("group").groups.items():
+    ok = out["reward"].notna()  # failed images (reward NaN) are left out of their group
+    out["group_mean"] = out["reward"].where(ok).groupby(out["group"]).transform("mean")
+    out["group_std"] = out["reward"].where(ok).groupby(out["group"]).transform(lambda r: r.dropna().std(ddof=0))
+    out["advantage"] = float("nan")
+    for _, idx in out[ok].groupby("group").groups.items():
         r = torch.tensor(out.loc[idx, "reward"].to_numpy(), dtype=torch.float64)
         out.loc[idx, "advantage"] = group_advantages(r[None], eps, clip)[0].numpy()
-    out["dropped"] = out["group_std"] == 0
+    counts = ok.groupby(out["group"]).transform("sum")
+    out["dropped"] = (out["group_std"].fillna(0) == 0) | (counts < 2)  # no spread or < 2 scored members
     return out
 
 
@@ -39,6 +41,7 @@ def score_groups(groups: pd.DataFrame, folder: Path, scorers: Scorers) -> pd.Dat
     table["raw"] = [s.raw for s in scores]
     table["reward"] = [s.reward for s in scores]
     table["correct"] = [s.correct for s in scores]
+    table["error"] = [s.error for s in scores]
     table = add_advantages(table)
     save_table(table, Path(folder) / "rewards.parquet")
     return table

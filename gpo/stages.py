@@ -55,7 +55,7 @@ class Workspace:
 
         r = self.load("rewards.yaml")
         det = Detector(self.resolve(r.detector.weights), imgsz=r.detector.imgsz, conf=r.detector.conf)
-        return Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale))
+        return Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale), max_failed_share=r.max_failed_share)
 
     def prompt_table(self):
         from gpo.prompts import read_prompts

@@ -44,7 +44,8 @@ def groups_from_table(table: pd.DataFrame, images, encode=to_tensor) -> list[Gro
     for gid, rows in table.groupby("group", sort=True):
         if bool(rows["dropped"].iloc[0]):
             continue
-        idx = rows.index.to_numpy()
+        rows = rows[rows["reward"].notna()]  # images the reward models failed on carry no reward
+        idx = torch.as_tensor(rows.index.to_numpy().copy())  # pandas 3 hands out read-only arrays
         out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(rows["reward"].to_numpy().copy(), dtype=torch.float32)))
     return out
 

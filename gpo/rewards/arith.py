@@ -12,6 +12,12 @@ class Score:
     reward: float
     correct: bool
     raw: str  # detections as 'k=<found>' or the OCR reading, for the reward table
+    error: str | None = None  # set when the reward model failed on this image (reward is then NaN)
+
+
+def failed_score(reason: str) -> Score:
+    """A reward model failure: no reward (NaN, never a silent 0), not correct, the reason kept."""
+    return Score(float("nan"), False, "", reason)
 
 
 def counting_reward(found: int, requested: int) -> float:
