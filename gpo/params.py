@@ -213,6 +213,8 @@ class TrainParams(Strict):
     lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description="module names that get LoRA")
     seed: int = Field(0, description="timestep/noise/shuffle seed")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    max_nonfinite_steps: int = Field(3, ge=1, description="optimizer steps in a row with a NaN/inf loss or "
+                                     "gradient (each skipped and logged) before the round stops")
 
 
 class GpoFile(Strict):

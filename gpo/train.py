@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         start = int(done[-1].name.split("-")[1])
         log = json.loads((done[-1] / "train_log.json").read_text())
     t0 = time.time()
+    bad_in_a_row = 0
     bar = tqdm(total=total, initial=start, desc="gpo train", disable=not progress)
     for step in range(start, total):
         epoch, k = divmod(step, steps_per_epoch)
@@ -153,10 +155,20 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         gen = torch.Generator().manual_seed(p.seed * 1_000_003 + step)  # same draws after a resume
         opt.zero_grad(set_to_none=True)
         stats = [group_step(pipe, policy, ref, g, p, gen, 1.0 / len(batch)) for g in batch]
-        grads_ok = all(torch.isfinite(q.grad).all() for q in trainable if q.grad is not None)
+        grads_ok = all(torch.isfinite(q.grad).all() for q in trainable if q.grad is not None) and all(
+            math.isfinite(s["loss"]) for s in stats)
         if grads_ok:
             acc.clip_grad_norm_(trainable, p.grad_clip)
             opt.step()
+            bad_in_a_row = 0
+        else:  # skip the step: the weights stay those of the last good step
+            bad_in_a_row += 1
+            if bad_in_a_row >= p.max_nonfinite_steps:
+                atomic_write_json(out / "train_log.json", log + [{"step": step + 1, "skipped_nonfinite": True}])
+                raise GpoError(f"{bad_in_a_row} optimizer steps in a row had a NaN/inf loss or gradient "
+                               f"(step {step + 1}); the last good checkpoint is kept in {ckpts}",
+                               field="train.max_nonfinite_steps (params/gpo.yaml)", value=p.max_nonfinite_steps,
+                               fix="lower train.lr or raise train.beta; check the round's images and rewards")
         row = {"step": step + 1, "epoch": epoch, "skipped_nonfinite": not grads_ok,
                **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
                "dropped_group_share": n_dropped / (n_dropped + len(groups)), "seconds": round(time.time() - t0, 2)}

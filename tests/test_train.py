@@ -89,3 +89,25 @@ def test_groups_from_table_drops_zero_spread():
     from PIL import Image
     groups = groups_from_table(table, [Image.new("RGB", (32, 32))] * 4)
     assert len(groups) == 1 and groups[0].prompt == "b" and groups[0].x0.shape == (2, 3, 32, 32)
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_round_with_weights_intact(tmp_path):
+    from gpo.errors import GpoError
+
+    pipe = build_pipeline(TINY, seed=0)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # NaN from the 3rd policy forward on: a real fault mid-training
+        calls["n"] += 1
+        if calls["n"] > 2 and module.training:
+            return (output[0] * float("nan"),) + tuple(output[1:]) if isinstance(output, tuple) else output * float("nan")
+        return output
+
+    pipe.denoiser.register_forward_hook(poison)
+    p = TrainParams(epochs=3, groups_per_step=1, threads=1, lr=1e-3, max_nonfinite_steps=2)
+    with pytest.raises(GpoError, match="2 optimizer steps in a row"):
+        train_gpo(pipe, _groups(), p, tmp_path / "nan", progress=False)
+    for q in pipe.denoiser.parameters():
+        assert torch.isfinite(q).all()  # skipped steps never touched the weights
+    log = json.loads((tmp_path / "nan" / "train_log.json").read_text())
+    assert [r["skipped_nonfinite"] for r in log] == [False, True, True]
