@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from gpo.errors import GpoError
 from gpo.evaluate import save_table
 from gpo.generate import generate
 from gpo.io import atomic_write
@@ -49,7 +50,7 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
             rows.append({"round": round_index, "group": pi, "member": m, "prompt": p.text, "task": p.task,
                          "split": p.split, "cls": p.cls, "color": p.color, "count": p.count, "word": p.word,
                          "seed": seed, "path": str(path.relative_to(folder))})
-    todo = [r for r in rows if not (folder / r["path"]).exists()]
+    todo = [r for r in rows if not readable_png(folder / r["path"])]  # missing or corrupt (e.g. truncated)
     if todo:
         images = generate(pipe, [r["prompt"] for r in todo], [r["seed"] for r in todo], steps=g.steps,
                           guidance_scale=g.guidance_scale, batch_size=g.batch_size,
@@ -61,5 +62,29 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
     return table
 
 
+def readable_png(path: Path) -> bool:
+    """True when the file exists and decodes completely (a crash can leave a half-written file only
+    without atomic writes, but a copy or a disk can still truncate one)."""
+    if not path.exists():
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
 def load_images(table: pd.DataFrame, folder: Path) -> list[Image.Image]:
-    return [Image.open(Path(folder) / p).convert("RGB") for p in table["path"]]
+    """The round's images in table order; a missing or corrupt one is a clear error naming it."""
+    out = []
+    for rel in table["path"]:
+        path = Path(folder) / rel
+        try:
+            with Image.open(path) as im:
+                out.append(im.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as err:
+            raise GpoError(f"cannot read a generated image: {err}", file=str(path),
+                           fix="delete it and re-run the generate step (it regenerates exactly the missing or "
+                               "corrupt images from their recorded seeds)") from None
+    return out

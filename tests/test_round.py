@@ -53,3 +53,26 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     # a re-run with everything done reads the records back instead of recomputing
     again = run_rounds(base, 2, tmp_path / "rounds", prompts, cfg, e, s, progress=False)
     assert [r["headline"] for r in again] == [r["headline"] for r in rows]
+
+
+def test_a_corrupt_image_is_named_then_regenerated_identically(tmp_path):
+    import pytest
+
+    from gpo.errors import GpoError
+    from gpo.groups import generate_groups, load_images
+
+    pipe = build_pipeline(TINY, seed=0)
+    prompts = [p for p in build_prompts(PromptParams()) if p.split == "train"][:2]
+    g = GroupParams(group_size=3, steps=2, batch_size=8)
+    table = generate_groups(pipe, prompts, g, 1, tmp_path, progress=False)
+    victim = tmp_path / table.path[4]
+    good = victim.read_bytes()
+    victim.write_bytes(good[: len(good) // 2])  # truncated, as a bad copy or a full disk leaves it
+    with pytest.raises(GpoError, match="cannot read a generated image") as err:
+        load_images(table, tmp_path)
+    assert str(victim) in str(err.value)
+    mtimes = {p: (tmp_path / p).stat().st_mtime_ns for p in table.path}
+    generate_groups(pipe, prompts, g, 1, tmp_path, progress=False)
+    changed = [p for p in table.path if (tmp_path / p).stat().st_mtime_ns != mtimes[p]]
+    assert changed == [table.path[4]]  # only the corrupt image was generated again ...
+    assert victim.read_bytes() == good  # ... and it is the same image (recorded seed)
