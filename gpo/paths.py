@@ -22,3 +22,23 @@ def inside(root: Path, *parts: str) -> Path:
     if root != path and root not in path.parents:
         raise GpoError("path escapes its folder", file=str(path), fix=f"keep paths inside {root}")
     return path
+
+
+def portable(path: str | Path) -> str:
+    """A path as recorded in JSON records and tags: workspace-relative when inside the workspace, so
+    records (DVC outputs) are byte-identical in every clone; absolute otherwise."""
+    from gpo.env import workspace
+
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(workspace()))
+    except ValueError:
+        return str(p)
+
+
+def local(recorded: str | Path) -> Path:
+    """The path a `portable` record names, on this machine."""
+    from gpo.env import workspace
+
+    p = Path(recorded)
+    return p if p.is_absolute() else workspace() / p

@@ -30,6 +30,7 @@ from gpo.groups import generate_groups, load_images, pick_prompts
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.model.adapters import load_any
 from gpo.params import EvalParams, GpoFile
+from gpo.paths import local, portable
 from gpo.promotion import Decision, decide, headline
 from gpo.prompts import Prompt
 from gpo.scoring import score_groups
@@ -114,7 +115,7 @@ def step_generate(index: int, start_model: Path, rd: RoundDir, prompts: list[Pro
     pipe = load_any(start_model)
     chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed)
     table = generate_groups(pipe, chosen, cfg.groups, index, rd.groups, progress)
-    _timed(rd, "generate", t0, start_model=str(start_model), images=len(table))
+    _timed(rd, "generate", t0, start_model=portable(start_model), images=len(table))
     return table
 
 
@@ -154,7 +155,7 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
 
 
 def champion_entry(index: int, model: Path | str, summary: dict, version: Optional[int] = None) -> dict:
-    return {"round": index, "model": str(model), "headline": headline(summary), "summary": summary,
+    return {"round": index, "model": portable(model), "headline": headline(summary), "summary": summary,
             "version": version}
 
 
@@ -172,7 +173,7 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
     rewards = pd.read_parquet(rd.rewards) if rd.rewards.exists() else None
     record = {"round": index, "model_in": json.loads(rd.seconds_file("generate").read_text())["start_model"]
               if rd.seconds_file("generate").exists() else None,
-              "model_out": str(rd.model), "seconds": rd.seconds(), "metrics": metrics, "headline": headline(summary),
+              "model_out": portable(rd.model), "seconds": rd.seconds(), "metrics": metrics, "headline": headline(summary),
               "decision": decision.to_dict(), "previous_champion_round": prev_champion["round"]}
     if rewards is not None:
         record["train_reward_mean"] = float(rewards["reward"].mean())
@@ -190,7 +191,7 @@ def step_base(base: Path, rd: RoundDir, summary: dict, tracker=None) -> dict:
     atomic_write_json(rd.eval / "summary.json", summary)
     metrics = {**flat_metrics(summary), "headline": round(headline(summary), 4)}
     atomic_write_json(rd.metrics, metrics)
-    record = {"round": 0, "model_in": None, "model_out": str(base), "seconds": {}, "metrics": metrics,
+    record = {"round": 0, "model_in": None, "model_out": portable(base), "seconds": {}, "metrics": metrics,
               "headline": headline(summary), "decision": None}
     version = tracker.log_round(0, rd, record, summary, True, model=Path(base)) if tracker else None
     record["version"], record["mlflow_run"] = version, tracker.last_run if tracker else None
@@ -230,7 +231,7 @@ def run_round(index: int, prev_champion: dict, folder: Path, prompts: list[Promp
     rd = RoundDir(Path(folder))
     if rd.champion.exists() and rd.record.exists():
         return read_champion(rd.champion)
-    start = Path(prev_champion["model"])
+    start = local(prev_champion["model"])
     if not (rd.model / "model_index.json").exists() or not (rd.train / "train.json").exists():
         if not rd.rewards.exists():
             step_generate(index, start, rd, prompts, cfg, progress)

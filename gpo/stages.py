@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gpo import params as P
 from gpo.errors import GpoError
+from gpo.paths import local
 from gpo.round import (RoundDir, champion_entry, read_champion, step_base, step_evaluate, step_generate,
                        step_score, step_train)
 
@@ -76,7 +77,7 @@ def start_champion(ws: Workspace, index: int, tracker=None) -> dict:
     version = int(entry.start)
     model = tracker.version_path(version)
     mv = tracker.client.get_model_version(tracker.p.model_name, str(version))
-    summary_file = Path(mv.tags.get("summary_path", ""))
+    summary_file = local(mv.tags.get("summary_path", "")) if mv.tags.get("summary_path") else Path("")
     if not summary_file.exists():
         raise GpoError(f"the evaluation of registered version {version} is not on disk", file=str(summary_file),
                        field=f"rounds.'{index}'.start", fix="pull the round's outputs (`dvc pull`) or pin another version")
@@ -105,7 +106,7 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
     rd = RoundDir(ws.rounds / f"round-{index}")
     cfg = ws.load("gpo.yaml")
     if step == "generate":
-        start = Path(start_champion(ws, index)["model"])
+        start = local(start_champion(ws, index)["model"])
         table = step_generate(index, start, rd, ws.prompt_table(), cfg, progress)
         return {"round": index, "images": len(table), "start_model": str(start)}
     if step == "score":
@@ -113,7 +114,7 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
         return {"round": index, "mean_reward": float(rewards["reward"].mean()),
                 "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
     if step == "train":
-        start = Path(start_champion(ws, index)["model"])
+        start = local(start_champion(ws, index)["model"])
         return {"round": index, "model": str(step_train(start, rd, cfg, progress))}
     prev = start_champion(ws, index, tracker)
     champion, decision = step_evaluate(index, rd, prev, ws.prompt_table(), ws.scorers(), ws.load("eval.yaml").eval,

@@ -21,6 +21,7 @@ import pandas as pd
 
 from gpo.errors import GpoError
 from gpo.params import MlflowParams
+from gpo.paths import local, portable
 
 ALIAS = "champion"
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of alias moves (version, reason, time)
@@ -107,7 +108,7 @@ class Tracker:
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"round-{index}") as run:
             mlflow.set_tags({"round": str(index), "git_commit": _git_commit(self.root),
                              "dvc_lock_md5": _file_md5(self.root / "dvc.lock"), "promoted": str(promoted),
-                             "model_path": str(model)})
+                             "model_path": portable(model)})
             mlflow.log_params(self._params(index, record))
             log = rd.train / "train_log.json"
             if log.exists():
@@ -130,10 +131,10 @@ class Tracker:
             version = int(info.registered_model_version)
             self.last_run = (self.experiment_id, run.info.run_id)
         self.client.set_model_version_tag(self.p.model_name, str(version), "round", str(index))
-        self.client.set_model_version_tag(self.p.model_name, str(version), "pipeline_path", str(model))
+        self.client.set_model_version_tag(self.p.model_name, str(version), "pipeline_path", portable(model))
         self.client.set_model_version_tag(self.p.model_name, str(version), "run_id", run.info.run_id)
         self.client.set_model_version_tag(self.p.model_name, str(version), "summary_path",
-                                          str(rd.eval / "summary.json"))
+                                          portable(rd.eval / "summary.json"))
         if promoted:
             self._move_alias(version, record["decision"]["reason"] if record.get("decision") else "base model",
                              by="rule")
@@ -194,9 +195,9 @@ class Tracker:
         """The local pipeline folder of a registered version (its DVC output path, else the MLflow copy)."""
         self._check_version(version)
         mv = self.client.get_model_version(self.p.model_name, str(version))
-        local = Path(mv.tags.get("pipeline_path", ""))
-        if (local / "model_index.json").exists():
-            return local
+        path = local(mv.tags["pipeline_path"]) if mv.tags.get("pipeline_path") else None
+        if path is not None and (path / "model_index.json").exists():
+            return path
         from mlflow.artifacts import download_artifacts
 
         return Path(download_artifacts(f"models:/{self.p.model_name}/{version}")) / "artifacts" / "pipeline"
