@@ -154,13 +154,11 @@ def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rou
             track: bool = typer.Option(False, help="log rounds to MLflow and register models")):
     """Chain rounds by calling the step functions directly (no DVC, no Prefect): tuning and benchmarks.
     Round 0 is the calibration's evaluation of the base; each round starts from the champion so far."""
-    import json as _json
-
     from gpo.round import rounds_markdown, run_rounds
 
     ws = _ws(params)
     cal = ws.calibration / "calibration.json"
-    base_summary = _json.loads(cal.read_text())["base_model"] if cal.exists() else None
+    base_summary = json.loads(cal.read_text())["base_model"] if cal.exists() else None
     base = ws.resolve(ws.load("models.yaml").base)
     from gpo.lock import workspace_lock
 
