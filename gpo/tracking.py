@@ -85,11 +85,17 @@ class Tracker:
             db.parent.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{db}"
         self.uri = uri
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         self.mlflow = mlflow
         self.client = mlflow.MlflowClient(uri, uri)
-        exp = self.client.get_experiment_by_name(p.experiment)
+        try:  # reach the store before touching mlflow's process-wide URIs
+            exp = self.client.get_experiment_by_name(p.experiment)
+        except Exception as err:  # noqa: BLE001 - unreachable server, bad URI
+            raise GpoError(f"cannot reach MLflow: {type(err).__name__}: {str(err)[:300]}",
+                           field="mlflow.tracking_uri (params/run.yaml)", value=uri,
+                           fix="start the server (`make mlflow-ui` serves the local store) or fix the URI; "
+                               "nothing has been run or lost") from None
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
         if exp is None:
             art = Path(p.artifact_root)
             art = art if art.is_absolute() else self.root / art
@@ -102,7 +108,19 @@ class Tracker:
     def log_round(self, index: int, rd, record: dict, summary: dict, promoted: bool,
                   model: Optional[Path] = None) -> int:
         """Log round `index` (its folder `rd`, a round.RoundDir); register its model; move the alias if promoted.
-        Returns the registered version number."""
+        Returns the registered version number. A tracking failure is one GpoError; the round's files stay."""
+        try:
+            return self._log_round(index, rd, record, summary, promoted, model)
+        except GpoError:
+            raise
+        except Exception as err:  # noqa: BLE001 - server down, db locked, disk full: say so, keep data/
+            raise GpoError(f"MLflow tracking failed while logging round {index}: {type(err).__name__}: "
+                           f"{str(err)[:300]}", field="mlflow.tracking_uri (params/run.yaml)", value=self.uri,
+                           fix=f"bring the tracking server back (or fix the URI) and re-run the evaluate step: "
+                               f"the evaluation already written in {rd.eval} is reused, not recomputed") from None
+
+    def _log_round(self, index: int, rd, record: dict, summary: dict, promoted: bool,
+                   model: Optional[Path] = None) -> int:
         mlflow = self.mlflow
         model = Path(model or rd.model)
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"round-{index}") as run:

@@ -147,3 +147,31 @@ def test_promote_and_rollback_commands(tracked, monkeypatch):
     assert shown["champion"] == before and shown["history"][-1]["reason"].startswith("rollback from 2")
     bad = cli.invoke(app, ["promote", "42", "--reason", "x"])
     assert bad.exit_code != 0 and "no version 42" in str(bad.exception)
+
+
+def test_mlflow_down_is_one_clear_error_and_a_rerun_completes_without_recomputing(tracked, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    root, tracker, _, (prompts, scorers, e) = tracked
+    with pytest.raises(GpoError, match="cannot reach MLflow") as err:
+        Tracker(MlflowParams(tracking_uri="http://127.0.0.1:9"), tmp_path)
+    assert "nothing has been run or lost" in str(err.value)
+    # the server goes away after the round was evaluated: the evaluation stays, champion.json is not written
+    rd = RoundDir(tmp_path / "round-7")
+    shutil.copytree(root / "rounds" / "round-1", rd.root)
+    for f in (rd.champion, rd.record):
+        f.unlink()
+    scores = rd.eval / "model_scores.parquet"
+    stamp = scores.stat().st_mtime_ns
+    prev = read_champion(root / "rounds" / "round-0" / "champion.json")
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    try:
+        with pytest.raises(GpoError, match="MLflow tracking failed while logging round 7"):
+            step_evaluate(7, rd, prev, prompts, scorers, e, 0.0, False, tracker)
+    finally:
+        mlflow.set_tracking_uri(tracker.uri)
+    assert (rd.eval / "summary.json").exists() and not rd.champion.exists()
+    step_evaluate(7, rd, prev, prompts, scorers, e, 0.0, False, tracker)  # server back: completes
+    assert rd.champion.exists() and scores.stat().st_mtime_ns == stamp  # evaluation reused, not redone
