@@ -217,12 +217,15 @@ class Improvement:
 
 def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg: GpoFile, scorers: Scorers,
             progress: bool = True) -> Improvement:
-    """Generate, score, train: a round without its evaluation (tuning curves)."""
+    """Generate, score, train: a round without its evaluation. Steps whose files are complete are kept
+    (a trained model with its train.json; a reward table), so a re-run resumes where it stopped."""
     rd = RoundDir(Path(folder))
-    step_generate(index, model_in, rd, prompts, cfg, progress)
-    rewards = step_score(rd, scorers)
-    model = step_train(model_in, rd, cfg, progress)
-    return Improvement(model, rewards, rd.seconds())
+    if not (rd.model / "model_index.json").exists() or not rd.seconds_file("train").exists():
+        if not rd.rewards.exists():
+            step_generate(index, model_in, rd, prompts, cfg, progress)
+            step_score(rd, scorers)
+        step_train(model_in, rd, cfg, progress)
+    return Improvement(rd.model, pd.read_parquet(rd.rewards), rd.seconds())
 
 
 def run_round(index: int, prev_champion: dict, folder: Path, prompts: list[Prompt], cfg: GpoFile, e: EvalParams,
@@ -231,12 +234,7 @@ def run_round(index: int, prev_champion: dict, folder: Path, prompts: list[Promp
     rd = RoundDir(Path(folder))
     if rd.champion.exists() and rd.record.exists():
         return read_champion(rd.champion)
-    start = local(prev_champion["model"])
-    if not (rd.model / "model_index.json").exists() or not (rd.train / "train.json").exists():
-        if not rd.rewards.exists():
-            step_generate(index, start, rd, prompts, cfg, progress)
-            step_score(rd, scorers)
-        step_train(start, rd, cfg, progress)
+    improve(index, local(prev_champion["model"]), rd.root, prompts, cfg, scorers, progress)
     champion, _ = step_evaluate(index, rd, prev_champion, prompts, scorers, e, z, progress, tracker)
     return champion
 

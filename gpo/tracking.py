@@ -163,12 +163,13 @@ class Tracker:
                 **self.run_params}
 
     # --- the champion alias ----------------------------------------------------------------------
-    def _history(self) -> list[dict]:
+    def history(self) -> list[dict]:
+        """Every move of the alias: version, reason, by (rule | hand), time."""
         tags = self.client.get_registered_model(self.p.model_name).tags
         return json.loads(tags.get(HISTORY_TAG, "[]"))
 
     def _move_alias(self, version: int, reason: str, by: str) -> None:
-        history = self._history() + [{"version": int(version), "reason": reason, "by": by,
+        history = self.history() + [{"version": int(version), "reason": reason, "by": by,
                                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
         self.client.set_registered_model_alias(self.p.model_name, ALIAS, str(version))
         self.client.set_registered_model_tag(self.p.model_name, HISTORY_TAG, json.dumps(history))
@@ -180,9 +181,6 @@ class Tracker:
         except self.mlflow.exceptions.MlflowException:
             return None
 
-    def history(self) -> list[dict]:
-        return self._history()
-
     def promote(self, version: int, reason: str) -> None:
         """Make `version` the champion by hand; the reason is recorded on the version and in the history."""
         self._check_version(version)
@@ -192,7 +190,7 @@ class Tracker:
 
     def rollback(self, reason: str) -> int:
         """Move the champion back to the one before it in the history; returns that version."""
-        history = self._history()
+        history = self.history()
         current = self.champion()
         earlier = [h["version"] for h in history if h["version"] != current]
         if not earlier:
