@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpo.evaluate import Scorers, eval_plan, markdown, save_table, score_table, summarize
-from gpo.generate import generate
+from gpo.generate import generate_to
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.metrics import accuracy
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.params import EvalParams, WorldParams
 from gpo.prompts import Prompt
+from gpo.resume import digest, resume_or_reset, weights_digest
 from gpo.world.dataset import save_grid, spec
 from gpo.world.render import render
 
@@ -53,8 +54,15 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
     plan_p, plan_s = eval_plan(held, {"counting": e.counting_seeds, "text": e.text_seeds,
                                       "heldout_words": e.heldout_word_seeds}, e.seed_offset)
     t0 = time.time()
-    images = generate(pipe, [p.text for p in plan_p], plan_s, steps=e.steps, guidance_scale=e.guidance_scale,
-                      batch_size=e.batch_size, desc=f"{name}: generate", progress=progress)
+    # every image is kept as it is made (out/<name>_images/): a killed evaluation of the same model with
+    # the same plan resumes where it stopped; anything else there is cleared first
+    folder = Path(out) / f"{name}_images"
+    resume_or_reset(folder, {"weights": weights_digest(pipe.denoiser), "steps": e.steps,
+                             "guidance_scale": e.guidance_scale, "plan": digest([(p.text, s) for p, s in zip(plan_p, plan_s)])})
+    paths = [folder / f"{i:05d}-{s}.png" for i, s in enumerate(plan_s)]
+    images, _ = generate_to(pipe, [p.text for p in plan_p], plan_s, paths, steps=e.steps,
+                            guidance_scale=e.guidance_scale, batch_size=e.batch_size, desc=f"{name}: generate",
+                            progress=progress)
     t1 = time.time()
     table = score_table(plan_p, plan_s, scorers.score(images, plan_p))
     t2 = time.time()

@@ -1,12 +1,18 @@
-"""Batched generation with one recorded seed per image (used by evaluation and by group generation)."""
+"""Batched generation with one recorded seed per image (used by evaluation and by group generation).
+
+`generate_to` is the resumable form: every image has a file, each batch is written (atomically) as soon
+as it is made, and images already on disk (readable) are loaded instead of generated, so a process
+killed mid-way loses at most one batch."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gpo.io import atomic_write
 from gpo.model.pipeline import TinyT2IPipeline
 
 
@@ -26,3 +32,42 @@ def generate(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int], 
             images.extend(out.images)
             bar.update(len(out.images))
     return images
+
+
+def readable_png(path: Path) -> bool:
+    """True when the file exists and decodes completely (a crash can leave a half-written file only
+    without atomic writes, but a copy or a disk can still truncate one)."""
+    if not Path(path).exists():
+        return False
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def generate_to(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int], paths: Sequence[Path], *,
+                steps: int, guidance_scale: float, batch_size: int, desc: str = "generate",
+                progress: bool = True, load: bool = True) -> tuple[list[Image.Image] | None, int]:
+    """Make every missing or unreadable `paths[i]` from (texts[i], seeds[i]), one batch at a time, each
+    written as soon as it exists. Returns (all images in order, or None when `load` is False; the number
+    generated). Same images as `generate`: an image depends only on its text and seed."""
+    if not (len(texts) == len(seeds) == len(paths)):
+        raise ValueError("one seed and one path per text")
+    todo = [i for i, path in enumerate(paths) if not readable_png(path)]
+    with tqdm(total=len(texts), initial=len(texts) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            out = pipe([texts[i] for i in chunk], seeds=[seeds[i] for i in chunk], num_inference_steps=steps,
+                       guidance_scale=guidance_scale)
+            for i, im in zip(chunk, out.images):
+                atomic_write(Path(paths[i]), lambda tmp, im=im: im.save(tmp, format="PNG"))
+            bar.update(len(chunk))
+    if not load:
+        return None, len(todo)
+    images = []
+    for path in paths:
+        with Image.open(path) as im:
+            images.append(im.convert("RGB"))
+    return images, len(todo)

@@ -14,12 +14,12 @@ from PIL import Image
 
 from gpo.errors import GpoError
 from gpo.evaluate import save_table
-from gpo.generate import generate
-from gpo.io import atomic_write
+from gpo.generate import generate_to
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.params import GroupParams
 from gpo.paths import inside, safe_name
 from gpo.prompts import Prompt
+from gpo.resume import digest, resume_or_reset, weights_digest
 
 
 def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> list[Prompt]:
@@ -50,29 +50,16 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
             rows.append({"round": round_index, "group": pi, "member": m, "prompt": p.text, "task": p.task,
                          "split": p.split, "cls": p.cls, "color": p.color, "count": p.count, "word": p.word,
                          "seed": seed, "path": str(path.relative_to(folder))})
-    todo = [r for r in rows if not readable_png(folder / r["path"])]  # missing or corrupt (e.g. truncated)
-    if todo:
-        images = generate(pipe, [r["prompt"] for r in todo], [r["seed"] for r in todo], steps=g.steps,
-                          guidance_scale=g.guidance_scale, batch_size=g.batch_size,
-                          desc=f"round {round_index}: groups", progress=progress)
-        for r, im in zip(todo, images):
-            atomic_write(folder / r["path"], lambda tmp, im=im: im.save(tmp, format="PNG"))
+    # a re-run keeps the images of the same model/params/prompts (resume) and clears any others
+    resume_or_reset(folder / "images", {"weights": weights_digest(pipe.denoiser), "groups": g.model_dump(),
+                                        "round": round_index, "plan": digest([(r["prompt"], r["seed"]) for r in rows])})
+    # missing or corrupt (e.g. truncated) images are made, batch by batch, each batch written at once
+    generate_to(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], [folder / r["path"] for r in rows],
+                steps=g.steps, guidance_scale=g.guidance_scale, batch_size=g.batch_size,
+                desc=f"round {round_index}: groups", progress=progress, load=False)
     table = pd.DataFrame(rows)
     save_table(table, folder / "groups.parquet")
     return table
-
-
-def readable_png(path: Path) -> bool:
-    """True when the file exists and decodes completely (a crash can leave a half-written file only
-    without atomic writes, but a copy or a disk can still truncate one)."""
-    if not path.exists():
-        return False
-    try:
-        with Image.open(path) as im:
-            im.load()
-        return True
-    except (OSError, SyntaxError, ValueError):
-        return False
 
 
 def load_images(table: pd.DataFrame, folder: Path) -> list[Image.Image]:

@@ -33,6 +33,7 @@ from gpo.params import EvalParams, GpoFile
 from gpo.paths import local, portable
 from gpo.promotion import Decision, decide, headline
 from gpo.prompts import Prompt
+from gpo.resume import file_digest, resume_or_reset, weights_digest
 from gpo.scoring import score_groups
 from gpo.train import groups_from_table, train_gpo
 
@@ -136,6 +137,9 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
         raise GpoError("no reward table to train on", file=str(rd.rewards), fix="run the score step first")
     rewards = pd.read_parquet(rd.rewards)
     pipe = load_any(start_model)
+    # checkpoints of this start model, reward table and train params resume; any others are cleared
+    resume_or_reset(rd.train / "checkpoints", {"weights": weights_digest(pipe.denoiser),
+                                               "rewards": file_digest(rd.rewards), "train": cfg.train.model_dump()})
     n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
     groups = groups_from_table(rewards, load_images(rewards, rd.groups), pipe.encode_images)
     model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn)
@@ -145,11 +149,16 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
 
 def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalParams, out: Path,
                   progress: bool = True) -> dict:
-    """Evaluate a model unless `out/summary.json` already holds its evaluation (resume)."""
-    done = Path(out) / "summary.json"
-    if done.exists():
+    """Evaluate a model unless `out/summary.json` already holds the evaluation of these very weights with
+    these eval params (resume after a crash or an MLflow failure); a partial evaluation resumes per image."""
+    out = Path(out)
+    done, stamp = out / "summary.json", out / "summary.inputs.json"
+    pipe = load_any(model)
+    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump()}
+    if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return json.loads(done.read_text())
-    summary = evaluate_model(load_any(model), prompts, scorers, e, Path(out), "model", progress)
+    summary = evaluate_model(pipe, prompts, scorers, e, out, "model", progress)
+    atomic_write_json(stamp, fingerprint)
     atomic_write_json(done, summary)
     return summary
 
