@@ -125,6 +125,33 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., help="one or more promp
         typer.echo(str(path))
 
 
+@app.command("detector-threshold")
+def detector_threshold_cmd(
+        weights: Path = typer.Option(..., "--weights", help="YOLO detection weights (.pt), e.g. a local COCO yolov8n.pt"),
+        labels: Path = typer.Option(..., "--labels", help="folder of images with YOLO label .txt files "
+                                    "(beside them or in a sibling labels/ folder), or with a counts.csv (image,class,count)"),
+        out: Path = typer.Option(Path("data/detector_threshold.json"), help="JSON report to write"),
+        imgsz: int = typer.Option(128, help="detector input side (rewards.yaml detector.imgsz)"),
+        current: float = typer.Option(0.4, help="the τ in use now (rewards.yaml detector.conf), reported for comparison"),
+        thresholds: Optional[str] = typer.Option(None, help="comma-separated τ values (default 0.05..0.95 by 0.05)"),
+        device: str = typer.Option("cpu", help="torch device of the detector (cpu, cuda:0)")):
+    """Calibrate the counting detector's confidence threshold τ: sweep it on a labelled folder, pick the one
+    with the best exact-count accuracy, write a JSON report (set the result as rewards.yaml detector.conf)."""
+    from gpo.rewards.threshold import calibrate_threshold, markdown
+
+    taus = None
+    if thresholds:
+        try:
+            taus = [float(x) for x in thresholds.split(",") if x.strip()]
+        except ValueError:
+            raise GpoError("thresholds must be numbers", field="--thresholds", value=thresholds,
+                           fix="e.g. --thresholds 0.1,0.2,0.3") from None
+    report = calibrate_threshold(_resolve(weights), _resolve(labels), _resolve(out), imgsz=imgsz,
+                                 thresholds=taus, current=current, device=device)
+    typer.echo(markdown(report))
+    typer.echo(f"wrote {out}")
+
+
 def _ws(params: Path):
     from gpo.stages import Workspace
 

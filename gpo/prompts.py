@@ -21,6 +21,39 @@ SPLITS: tuple[str, ...] = ("train", "heldout", "heldout_words")
 
 COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
+# The 80 classes of COCO 2017 in the order of their YOLO ids (ultralytics cfg/datasets/coco.yaml).
+COCO_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush")
+
+# Nouns whose English forms the regular rule gets wrong: class -> (one, many). A pair of skis is one
+# COCO box, so "two pairs of skis" asks for two boxes.
+NOUN_FORMS: dict[str, tuple[str, str]] = {
+    "person": ("person", "people"), "mouse": ("mouse", "mice"), "knife": ("knife", "knives"),
+    "sheep": ("sheep", "sheep"), "skis": ("pair of skis", "pairs of skis"),
+    "scissors": ("pair of scissors", "pairs of scissors"), "broccoli": ("broccoli", "broccoli florets"),
+    "tv": ("TV", "TVs"),
+}
+
+# Quoted words for the text prompts of real models: common, letters only, 3-8 letters (OCR-scorable).
+REAL_WORDS: tuple[str, ...] = tuple(
+    "OPEN CLOSED EXIT STOP CAFE BAKERY HOTEL PIZZA BOOKS MUSIC GARDEN COFFEE TICKETS POLICE TAXI SCHOOL "
+    "LIBRARY MARKET SALE FRESH HELLO WELCOME DANGER QUIET PARKING STATION BEACH RIVER FOREST CASTLE "
+    "ROBOT DRAGON PLANET ROCKET WINTER SUMMER SPRING AUTUMN SUNSET THUNDER CANDY LEMON HONEY BREAD CHEESE "
+    "GARAGE STUDIO GALLERY THEATER CINEMA BANK PHARMACY DENTIST BARBER FLOWERS PUZZLE JUNGLE DESERT "
+    "ISLAND HARBOR BRIDGE TUNNEL CIRCUS MAGIC LUCKY HAPPY BRAVE SMILE DREAM PEACE LOVE HOPE TRUST FOCUS "
+    "ENERGY POWER SPEED GOLD SILVER COPPER IRON STONE WATER FIRE EARTH WIND CLOUD STORM SNOW RAIN".split())
+REAL_TEMPLATES: tuple[str, ...] = ('a sign that says "{word}"', 'a storefront with "{word}" written above the door',
+                                   'a T-shirt with the word "{word}" printed on it',
+                                   'a chalkboard with "{word}" written on it')
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -42,7 +75,10 @@ class Prompt:
 
 
 def plural(noun: str) -> str:
-    """English plural for the small vocabularies used here ("glass" → "glasses", "bus" → "buses")."""
+    """English plural for the small vocabularies used here ("glass" → "glasses", "bus" → "buses",
+    "person" → "people")."""
+    if noun in NOUN_FORMS:
+        return NOUN_FORMS[noun][1]
     if noun.endswith(("s", "x", "z", "ch", "sh")):
         return noun + "es"
     if noun.endswith("y") and noun[-2:-1] not in "aeiou":
@@ -50,10 +86,40 @@ def plural(noun: str) -> str:
     return noun + "s"
 
 
+def _norm(noun: str) -> str:
+    return " ".join(noun.lower().replace("-", " ").split())
+
+
+def noun_forms(cls: str) -> set[str]:
+    """Every spelling of a class a prompt may use: 'cup', 'cups'; 'person', 'people'; 'pair of skis'."""
+    forms = {cls, plural(cls), *NOUN_FORMS.get(cls, ())}
+    return {_norm(f) for f in forms}
+
+
+def class_for_noun(noun: str, classes: Iterable[str]) -> str | None:
+    """The class a noun names, singular or plural, any case ('Cups' → 'cup', 'people' → 'person',
+    'traffic lights' → 'traffic light'); None when no class matches."""
+    key = _norm(noun)
+    for cls in classes:
+        if key in noun_forms(cls):
+            return cls
+    return None
+
+
+def counting_noun(text: str, color: str | None = None) -> str:
+    """The object noun of a counting prompt's text: 'three red cups' → 'cups' (the grammar's inverse)."""
+    words = text.split()
+    if words and (words[0].lower() in COUNT_WORDS or words[0].isdigit()):
+        words = words[1:]
+    if color and words and words[0].lower() == color.lower():
+        words = words[1:]
+    return " ".join(words)
+
+
 def counting_text(count: int, cls: str, color: str | None) -> str:
     """'three red circles', 'one cup', 'two traffic lights'."""
     number = COUNT_WORDS[count] if count < len(COUNT_WORDS) else str(count)
-    noun = cls if count == 1 else plural(cls)
+    noun = NOUN_FORMS.get(cls, (cls,))[0] if count == 1 else plural(cls)
     return " ".join(p for p in (number, color, noun) if p)
 
 
