@@ -185,6 +185,10 @@ class EvalFile(Strict):
 class ModelsFile(Strict):
     base: str = Field("release/base", description="the model round 1 starts from: a diffusers pipeline folder "
                       "(relative to the workspace); release/base is the shipped embedded model")
+    family: Literal["auto", "embedded", "sd", "sdxl", "sd3"] = Field(
+        "auto", description="model family: auto = what the folder's model_index.json declares; embedded, sd "
+        "(SD 1.x/2.x UNet), sdxl (UNet + added text/time conditioning), sd3 (SD3/3.5 MMDiT, flow) = checked "
+        "against the folder, so a wrong folder fails at load")
 
 
 # --- gpo.yaml -------------------------------------------------------------------------------------

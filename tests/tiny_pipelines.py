@@ -1,10 +1,12 @@
-"""Tiny Stable Diffusion and Stable Diffusion 3 pipelines assembled offline from configs (random weights)."""
+"""Tiny Stable Diffusion, SDXL and Stable Diffusion 3 pipelines assembled offline from configs (random weights,
+no download; character-level CLIP tokenizers built in code)."""
 
 from __future__ import annotations
 
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel)
+                       StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline,
+                       UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from gpo.model.tokenizer import build_char_tokenizer
@@ -35,6 +37,26 @@ def tiny_sd(seed: int = 0) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(vae=_vae(), text_encoder=_clip(CLIPTextModel, tok, 32), tokenizer=tok, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+
+
+def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL's structure at toy size: two CLIP encoders (penultimate states concatenated = the cross-attention
+    width), encoder 2's pooled projection + six size/crop ids through the UNet's text_time added embedding."""
+    torch.manual_seed(seed)
+    tok = build_char_tokenizer(40)
+    te1, te2 = _clip(CLIPTextModel, tok, 16), _clip(CLIPTextModelWithProjection, tok, 16)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16 + 16,
+                                attention_head_dim=8, norm_num_groups=8, use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=6 * 8 + te2.config.projection_dim)
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False,
+                          timestep_spacing="leading", steps_offset=1)
+    return StableDiffusionXLPipeline(vae=_vae(scaling_factor=0.13025), text_encoder=te1, text_encoder_2=te2,
+                                     tokenizer=tok, tokenizer_2=build_char_tokenizer(40), unet=unet, scheduler=sched,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
 
 
 def tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:

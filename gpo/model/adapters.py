@@ -1,16 +1,20 @@
-"""Real diffusers pipelines (Stable Diffusion 1.x/2.x, SDXL-style UNets, Stable Diffusion 3/3.5) behind
-the interface the GPO trainer and group generation use — the one `TinyT2IPipeline` has natively:
+"""Real diffusers pipelines (Stable Diffusion 1.x/2.x, SDXL, Stable Diffusion 3/3.5) behind the
+interface the GPO trainer and group generation use — the one `TinyT2IPipeline` has natively:
 
     parameterization, scheduler, denoiser, encode_prompt(texts) -> (states, pooled),
     predict(x_t, t, states, pooled, denoiser=None), encode_images(images) -> model-space x0,
-    text_encoders(), set_denoiser(net), save_pretrained(path), __call__(texts, seeds=..., ...)
+    decode_latents(x0) -> images, text_encoders(), set_denoiser(net), save_pretrained(path),
+    __call__(texts, seeds=..., output_type="pil" | "latent")
 
 Model space is the VAE latent space (scaled and shifted as the pipeline does), so training never
-decodes and generation keeps the latents' seeds.
+decodes; generation can hand back the latents it sampled (output_type="latent") so training does not
+re-encode them either. The family (sd, sdxl, sd3) is read from the folder's model_index.json; a
+family set in params/models.yaml is checked against it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -21,16 +25,20 @@ from PIL import Image
 from gpo.errors import GpoError
 from gpo.model.pipeline import images_to_tensor
 
+# model_index.json `_class_name` -> family; the embedded pipeline is `TinyT2IPipeline`
+FAMILIES = {"TinyT2IPipeline": "embedded", "StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+            "StableDiffusion3Pipeline": "sd3"}
+
 
 class DiffusersBackbone:
-    """Wraps a `StableDiffusionPipeline` or a `StableDiffusion3Pipeline` (SDXL: see `is_sdxl`)."""
+    """Wraps a `StableDiffusionPipeline`, `StableDiffusionXLPipeline` or `StableDiffusion3Pipeline`."""
 
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
-        self.kind = "sd3" if hasattr(pipe, "transformer") else ("sdxl" if hasattr(pipe, "text_encoder_2") else "sd")
-        if self.kind == "sdxl":
-            raise GpoError("SDXL pipelines need the added time/text conditioning, not wired in yet",
-                           field="models.base", fix="use an SD 1.x/2.x or SD3 pipeline for now")
+        self.kind = FAMILIES.get(type(pipe).__name__)
+        if self.kind not in ("sd", "sdxl", "sd3"):
+            raise GpoError(f"unsupported pipeline class {type(pipe).__name__}", field="models.family",
+                           fix="use a StableDiffusion, StableDiffusionXL or StableDiffusion3 pipeline folder")
         self.pipe.set_progress_bar_config(disable=True)
 
     # --- the trainer's interface --------------------------------------------------------------------
@@ -51,19 +59,40 @@ class DiffusersBackbone:
             return "flow"
         return self.pipe.scheduler.config.prediction_type
 
+    @property
+    def has_vae(self) -> bool:
+        return True
+
     def text_encoders(self) -> list[torch.nn.Module]:
         names = ("text_encoder", "text_encoder_2", "text_encoder_3")
         return [m for m in (getattr(self.pipe, n, None) for n in names) if m is not None]
 
+    def to(self, device) -> "DiffusersBackbone":
+        self.pipe.to(device)
+        return self
+
     @torch.no_grad()
     def encode_prompt(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-token states, pooled vector or None) on the text encoders' device.
+        SDXL: states = both encoders' penultimate layers concatenated, pooled = encoder 2's projection."""
         p = self.pipe
+        device = self.text_encoders()[0].device
         if self.kind == "sd3":
-            states, _, pooled, _ = p.encode_prompt(list(prompts), None, None, do_classifier_free_guidance=False,
-                                                   device=self.denoiser.device)
+            states, _, pooled, _ = p.encode_prompt(list(prompts), None, None, device=device,
+                                                   do_classifier_free_guidance=False)
             return states, pooled
-        states, _ = p.encode_prompt(list(prompts), self.denoiser.device, 1, False)
+        if self.kind == "sdxl":
+            states, _, pooled, _ = p.encode_prompt(list(prompts), device=device, do_classifier_free_guidance=False)
+            return states, pooled
+        states, _ = p.encode_prompt(list(prompts), device, 1, False)
         return states, None
+
+    def time_ids(self, x_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """SDXL micro-conditioning (original size, crop top-left, target size) in pixels, as the pipeline
+        builds it for an uncropped image of this latent size: (h, w, 0, 0, h, w) per sample."""
+        f = self.pipe.vae_scale_factor
+        h, w = int(x_t.shape[-2]) * f, int(x_t.shape[-1]) * f
+        return torch.tensor([[h, w, 0, 0, h, w]], dtype=dtype, device=x_t.device).expand(x_t.shape[0], -1)
 
     def predict(self, x_t, t, states, pooled, denoiser=None) -> torch.Tensor:
         net = denoiser if denoiser is not None else self.denoiser
@@ -73,15 +102,41 @@ class DiffusersBackbone:
         if self.kind == "sd3":
             return net(hidden_states=x_t, timestep=t, encoder_hidden_states=states, pooled_projections=pooled,
                        return_dict=False)[0]
+        if self.kind == "sdxl":
+            cond = {"text_embeds": pooled, "time_ids": self.time_ids(x_t, states.dtype)}
+            return net(x_t, t, encoder_hidden_states=states, added_cond_kwargs=cond, return_dict=False)[0]
         return net(x_t, t, encoder_hidden_states=states, return_dict=False)[0]
+
+    # --- latent space <-> images -------------------------------------------------------------------------
+    def _latent_affine(self, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(mean, std) with model space = (vae latent − mean) · scaling / std, as each pipeline decodes:
+        SD: mean 0, std 1; SD3: mean = shift_factor; SDXL variants may set latents_mean/std."""
+        cfg = self.pipe.vae.config
+        mean, std = getattr(cfg, "shift_factor", None) or 0.0, 1.0
+        if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+            c = like.shape[1]
+            mean = torch.tensor(cfg.latents_mean).view(1, c, 1, 1).to(like)
+            std = torch.tensor(cfg.latents_std).view(1, c, 1, 1).to(like)
+        return mean, std
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         vae = self.pipe.vae
         x = images_to_tensor(images).to(vae.device, vae.dtype)
         latents = vae.encode(x).latent_dist.mean
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        return ((latents - shift) * vae.config.scaling_factor).float().cpu()
+        mean, std = self._latent_affine(latents)
+        return ((latents - mean) * vae.config.scaling_factor / std).float().cpu()
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Model-space latents → images, the way the pipeline decodes (plus its safety checker, if any)."""
+        vae = self.pipe.vae
+        z = latents.to(vae.device, vae.dtype)
+        mean, std = self._latent_affine(z)
+        image = vae.decode(z * std / vae.config.scaling_factor + mean, return_dict=False)[0]
+        if getattr(self.pipe, "safety_checker", None) is not None:
+            image, _ = self.pipe.run_safety_checker(image, vae.device, vae.dtype)
+        return self.pipe.image_processor.postprocess(image, output_type=output_type)
 
     def save_pretrained(self, path: str | Path, safe_serialization: bool = True) -> None:
         self.pipe.save_pretrained(path, safe_serialization=safe_serialization)
@@ -90,32 +145,56 @@ class DiffusersBackbone:
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], seeds: Sequence[int] | None = None,
                  num_inference_steps: int = 20, guidance_scale: float = 3.0, output_type: str = "pil"):
+        """Images (pil/np/pt) or, with output_type="latent", the sampled model-space latents (N, C, h, w)
+        on the CPU in float32: decode them with `decode_latents`, train on them as they are."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
-        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        out = self.pipe(prompt=prompts, generator=gens, num_inference_steps=num_inference_steps,
-                        guidance_scale=guidance_scale, output_type=output_type)
-        return ImagePipelineOutput(images=out.images)
+        if len(seeds) != len(prompts):
+            raise GpoError("need one seed per prompt", field="seeds", value=len(seeds),
+                           fix=f"pass {len(prompts)} seeds")
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # CPU noise: same image on any device
+        latents = self.pipe(prompt=prompts, generator=gens, num_inference_steps=num_inference_steps,
+                            guidance_scale=guidance_scale, output_type="latent").images
+        if output_type == "latent":
+            return ImagePipelineOutput(images=latents.float().cpu())
+        return ImagePipelineOutput(images=self.decode_latents(latents, output_type))
 
 
-def load_any(path: str | Path):
-    """The embedded pipeline, or a real diffusers pipeline wrapped in `DiffusersBackbone`."""
-    import json
-
-    from gpo.model.build import load_pipeline
-
+def detect_family(path: str | Path) -> str:
+    """The family a pipeline folder declares in model_index.json (embedded, sd, sdxl, sd3)."""
     index = Path(path) / "model_index.json"
     if not index.exists():
         raise GpoError("not a diffusers pipeline folder (no model_index.json)", file=str(path),
                        fix="point to a diffusers pipeline folder (save_pretrained output)")
-    meta = json.loads(index.read_text())
-    if meta.get("_class_name") == "TinyT2IPipeline":
-        return load_pipeline(path)
-    # components saved as None (e.g. SD3 without T5) must be passed as None again
+    name = json.loads(index.read_text()).get("_class_name")
+    if name not in FAMILIES:
+        raise GpoError(f"unsupported pipeline class {name!r}", file=str(index), field="_class_name",
+                       fix=f"use one of {sorted(FAMILIES)} (families {sorted(set(FAMILIES.values()))})")
+    return FAMILIES[name]
+
+
+def load_any(path: str | Path, family: str = "auto", device: str | torch.device | None = None):
+    """The embedded pipeline, or a real diffusers pipeline wrapped in `DiffusersBackbone`.
+
+    `family` (params/models.yaml `family`): "auto" takes what the folder declares; any other value must
+    match it (a wrong folder fails here, not mid-round). `device`: None keeps the weights on the CPU."""
+    from gpo.model.build import load_pipeline
+
+    found = detect_family(path)
+    if family not in ("auto", found):
+        raise GpoError(f"the pipeline folder holds a {found!r} model, params ask for {family!r}", file=str(path),
+                       field="models.family (params/models.yaml)", value=family,
+                       fix=f"set family: {found} (or auto), or point models.base to a {family} pipeline folder")
+    if found == "embedded":
+        pipe = load_pipeline(path)
+        return pipe.to(device) if device is not None else pipe
+    meta = json.loads((Path(path) / "model_index.json").read_text())
+    # components saved as None (e.g. SD3 without T5, SD without safety checker) must be passed as None again
     absent = {k: None for k, v in meta.items() if isinstance(v, list) and v and v[0] is None}
     try:
         pipe = DiffusionPipeline.from_pretrained(path, use_safetensors=True, **absent)
     except (OSError, ValueError) as err:
         raise GpoError(f"cannot load pipeline: {err}", file=str(path),
                        fix="only safetensors weights are accepted") from None
-    return DiffusersBackbone(pipe)
+    out = DiffusersBackbone(pipe)
+    return out.to(device) if device is not None else out
