@@ -2,6 +2,10 @@
 
 Images are PNGs under `<round>/images/<prompt-slug>/<seed>.png`; the manifest table (parquet) has one
 row per image with prompt fields, seed, round and path. Re-running skips images already on disk.
+With `groups.keep_latents` (VAE pipelines) each image's sampled latents sit beside it and
+`model_inputs` hands them to the trainer instead of re-encoding the PNG. Under `accelerate launch`
+the prompts are dealt to the ranks (a group is generated whole by one rank); the main process stamps
+the folder before and writes the manifest after, once every rank is done.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ import random
 from pathlib import Path
 
 import pandas as pd
+import torch
+from accelerate import PartialState
 from PIL import Image
 
 from gpo.errors import GpoError
 from gpo.evaluate import save_table
-from gpo.generate import generate_to
+from gpo.generate import generate_to, load_latents
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.params import GroupParams
 from gpo.paths import inside, safe_name
@@ -50,16 +56,36 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
             rows.append({"round": round_index, "group": pi, "member": m, "prompt": p.text, "task": p.task,
                          "split": p.split, "cls": p.cls, "color": p.color, "count": p.count, "word": p.word,
                          "seed": seed, "path": str(path.relative_to(folder))})
+    state = PartialState()  # one process unless started by `accelerate launch`
+    keep = g.keep_latents and hasattr(pipe, "decode_latents")  # the embedded model has no VAE: its PNG is the sample
     # a re-run keeps the images of the same model/params/prompts (resume) and clears any others
-    resume_or_reset(folder / "images", {"weights": weights_digest(pipe.denoiser), "groups": g.model_dump(),
-                                        "round": round_index, "plan": digest([(r["prompt"], r["seed"]) for r in rows])})
+    if state.is_main_process:
+        resume_or_reset(folder / "images", {"weights": weights_digest(pipe.denoiser), "groups": g.model_dump(),
+                                            "round": round_index,
+                                            "plan": digest([(r["prompt"], r["seed"]) for r in rows])})
+    state.wait_for_everyone()
+    mine = [r for r in rows if r["group"] % state.num_processes == state.process_index]  # whole groups per rank
     # missing or corrupt (e.g. truncated) images are made, batch by batch, each batch written at once
-    generate_to(pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows], [folder / r["path"] for r in rows],
+    generate_to(pipe, [r["prompt"] for r in mine], [r["seed"] for r in mine], [folder / r["path"] for r in mine],
                 steps=g.steps, guidance_scale=g.guidance_scale, batch_size=g.batch_size,
-                desc=f"round {round_index}: groups", progress=progress, load=False)
+                desc=f"round {round_index}: groups", progress=progress, load=False, keep_latents=keep)
+    state.wait_for_everyone()
     table = pd.DataFrame(rows)
-    save_table(table, folder / "groups.parquet")
+    if state.is_main_process:
+        save_table(table, folder / "groups.parquet")
+    state.wait_for_everyone()
     return table
+
+
+def model_inputs(table: pd.DataFrame, folder: Path, encode) -> torch.Tensor:
+    """x0 for the trainer, in table order: each image's kept latents where they exist (exactly what the
+    sampler produced), else `encode` (the pipeline's `encode_images`) of its PNG."""
+    x = load_latents([Path(folder) / rel for rel in table["path"]])
+    missing = [i for i, v in enumerate(x) if v is None]
+    if missing:
+        for i, v in zip(missing, encode(load_images(table.iloc[missing], folder))):
+            x[i] = v
+    return torch.stack(x)
 
 
 def load_images(table: pd.DataFrame, folder: Path) -> list[Image.Image]:

@@ -196,6 +196,9 @@ class GroupParams(SamplingParams):
     group_size: int = Field(8, ge=2, description="G: images per prompt (one group)")
     prompts_per_round: int = Field(40, ge=1, description="train prompts drawn per round (half counting, half text)")
     seed: int = Field(0, description="base seed: image seed = seed + 1_000_000·round + 1000·prompt index + member")
+    keep_latents: bool = Field(False, description="VAE pipelines (sd, sdxl, sd3): also save each image's sampled "
+                               "latents (<seed>.latents.safetensors beside its PNG) so training uses them instead "
+                               "of re-encoding the PNG with the VAE")
 
 
 class TrainParams(Strict):
@@ -217,6 +220,15 @@ class TrainParams(Strict):
     lora_targets: list[str] = Field(["to_q", "to_k", "to_v", "to_out.0"], description="module names that get LoRA")
     seed: int = Field(0, description="timestep/noise/shuffle seed")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    gradient_checkpointing: bool = Field(False, description="recompute the denoiser's activations during the "
+                                         "backward pass: less activation memory for about one extra forward; "
+                                         "the same gradient")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast through accelerate (weights and AdamW state stay float32); bf16 also runs on "
+        "CPU, fp16 needs a GPU (gradients loss-scaled; an overflowing step is skipped by the scaler)")
+    precompute_prompt_embeds: bool = Field(True, description="encode each prompt of the round once before the "
+                                           "loop, then move the text encoders off the accelerator for training "
+                                           "(same numbers as encoding per group)")
     max_nonfinite_steps: int = Field(3, ge=1, description="optimizer steps in a row with a NaN/inf loss or "
                                      "gradient (each skipped and logged) before the round stops")
 

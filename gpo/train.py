@@ -5,6 +5,17 @@ reference; the loss of gpo/loss.py. Memory stays flat in G: with G > micro_batch
 computes every Δ_i without a graph, takes dL/dΔ_i, then back-propagates micro-batch by micro-batch
 (the same gradient as one big batch, one extra forward). Full fine-tuning keeps a frozen copy of the
 denoiser as reference; LoRA (peft) uses the same network with adapters disabled.
+
+Memory features (params/gpo.yaml `train`): gradient checkpointing, bf16/fp16 autocast, prompt
+embeddings computed once per round (text encoders then leave the accelerator).
+
+Across processes (`accelerate launch`): every rank walks the same shuffled steps; the groups of a
+step are dealt round-robin to the ranks (a group stays whole on one rank), and each group's timestep
+and noise come from a generator seeded by (step, slot in the step), so a group gets the same draws on
+any rank. Gradients are summed across ranks once per step (an all-reduce; no DDP wrapper, whose
+per-backward averaging would need equal micro-batch counts on every rank), so every rank takes the
+same optimizer step as one process would on the whole step. Checkpoints, logs and the final pipeline
+are written by the main process.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import copy
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +49,12 @@ class Group:
     rewards: torch.Tensor  # (G,)
 
 
-def groups_from_table(table: pd.DataFrame, images, encode=to_tensor) -> list[Group]:
+def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0: torch.Tensor | None = None
+                      ) -> list[Group]:
     """Groups with spread (dropped groups carry no signal) from a rewards table and its images;
-    `encode` maps images to model space (pixels here, VAE latents for real pipelines)."""
-    x = encode(list(images))
+    `encode` maps images to model space (pixels here, VAE latents for real pipelines). Or pass `x0`,
+    the model-space samples in table order (e.g. kept latents: gpo/groups.py `model_inputs`)."""
+    x = x0 if x0 is not None else encode(list(images))
     out = []
     for gid, rows in table.groupby("group", sort=True):
         if bool(rows["dropped"].iloc[0]):
@@ -80,62 +94,131 @@ def add_lora(denoiser: torch.nn.Module, p: TrainParams) -> None:
 
 
 def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: TrainParams,
-               gen: torch.Generator, scale: float) -> dict:
-    """Accumulate the gradient of one group's loss (× scale) into the policy; return its stats."""
+               gen: torch.Generator, scale: float, *, embeds: tuple | None = None, acc: Accelerator | None = None
+               ) -> dict:
+    """Accumulate the gradient of one group's loss (× scale) into the policy; return its stats.
+    `embeds`: the prompt's (states, pooled) when precomputed; `acc`: autocast and (fp16) loss scaling."""
     kind = pipe.parameterization
+    device = next(policy.parameters()).device
     G = group.x0.shape[0]
-    t = sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction).expand(G)
-    noise = torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen).expand_as(group.x0)
-    x_t, target = noisy_and_target(kind, group.x0, noise, t, getattr(pipe.scheduler, "alphas_cumprod", None))
-    with torch.no_grad():
-        states, pooled = pipe.encode_prompt([group.prompt])
-    states = states.expand(G, -1, -1)
-    pooled = pooled.expand(G, -1) if pooled is not None else None
-    ref_err = ((ref.predict(pipe, policy, x_t, t, states, pooled).float() - target) ** 2).mean(dim=(1, 2, 3))
+    # draws on the CPU from `gen`: the same timestep and noise on any device and any rank
+    t = sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction).expand(G).to(device)
+    noise = torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen).expand_as(group.x0).to(device)
+    x0 = group.x0.to(device)
+    x_t, target = noisy_and_target(kind, x0, noise, t, getattr(pipe.scheduler, "alphas_cumprod", None))
+    if embeds is None:
+        with torch.no_grad():
+            embeds = pipe.encode_prompt([group.prompt])
+    states, pooled = embeds
+    states = states.to(device).expand(G, -1, -1)
+    pooled = pooled.to(device).expand(G, -1) if pooled is not None else None
+    autocast = acc.autocast if acc is not None else nullcontext
+    backward = acc.backward if acc is not None else torch.Tensor.backward
+    with autocast():
+        ref_err = ((ref.predict(pipe, policy, x_t, t, states, pooled).float() - target) ** 2).mean(dim=(1, 2, 3))
 
     def err(sl: slice, grad: bool):
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), autocast():
             pred = pipe.predict(x_t[sl], t[sl], states[sl], None if pooled is None else pooled[sl], denoiser=policy)
-            return ((pred.float() - target[sl]) ** 2).mean(dim=(1, 2, 3))
+        return ((pred.float() - target[sl]) ** 2).mean(dim=(1, 2, 3))
 
+    rewards = group.rewards.to(device)
     if G <= p.micro_batch:
         delta = err(slice(None), True) - ref_err
-        out = gpo_loss(delta[None], group.rewards[None], p.beta, p.arm, generator=gen)
-        (out.loss * scale).backward()
+        out = gpo_loss(delta[None], rewards[None], p.beta, p.arm, generator=gen)
+        backward(out.loss * scale)
     else:
         with torch.no_grad():
             delta0 = torch.cat([err(slice(i, i + p.micro_batch), False) for i in range(0, G, p.micro_batch)]) - ref_err
         leaf = delta0.clone().requires_grad_(True)
-        out = gpo_loss(leaf[None], group.rewards[None], p.beta, p.arm, generator=gen)
+        out = gpo_loss(leaf[None], rewards[None], p.beta, p.arm, generator=gen)
         (dL,) = torch.autograd.grad(out.loss, leaf)
         for i in range(0, G, p.micro_batch):
             sl = slice(i, i + p.micro_batch)
-            (err(sl, True) * dL[sl] * scale).sum().backward()
+            backward((err(sl, True) * dL[sl] * scale).sum())
     return {"loss": out.loss.item(), "implicit_accuracy": float(out.implicit_accuracy),
             "reward_margin": float(out.reward_margin)}
+
+
+STAT_KEYS = ("loss", "implicit_accuracy", "reward_margin")
+
+
+def group_generator(seed: int, step: int, slot: int) -> torch.Generator:
+    """The draws of the group in `slot` of optimizer step `step`: independent of which rank runs it."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 10_007 + slot)
+
+
+def precompute_embeds(pipe, prompts: list[str]) -> dict[str, tuple]:
+    """Each prompt encoded once (alone, as per-group encoding does: the same numbers), kept on the CPU."""
+    out = {}
+    with torch.no_grad():
+        for text in sorted(set(prompts)):
+            states, pooled = pipe.encode_prompt([text])
+            out[text] = (states.cpu(), None if pooled is None else pooled.cpu())
+    return out
+
+
+def all_reduce_sum(tensors: list[torch.Tensor], bucket_elems: int = 1 << 24) -> None:
+    """Sum tensors in place across ranks, in flat buckets (one collective per ~64 MB of float32)."""
+    import torch.distributed as dist
+
+    i = 0
+    while i < len(tensors):
+        j, n = i, 0
+        while j < len(tensors) and (n == 0 or n + tensors[j].numel() <= bucket_elems):
+            n += tensors[j].numel()
+            j += 1
+        flat = torch.cat([x.reshape(-1).float() for x in tensors[i:j]])
+        dist.all_reduce(flat)
+        k = 0
+        for x in tensors[i:j]:
+            x.copy_(flat[k:k + x.numel()].view_as(x))
+            k += x.numel()
+        i = j
 
 
 def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: Path, *, n_dropped: int = 0,
               progress: bool = True, log_fn=None) -> Path:
     """Fine-tune `pipe.denoiser` on the round's groups; checkpoints in out/checkpoints (resumable);
-    the final pipeline in out/pipeline; metrics per step in out/train_log.json."""
+    the final pipeline in out/pipeline; metrics per step in out/train_log.json. Under `accelerate
+    launch` every rank calls this with the same groups (see the module docstring)."""
     if not groups:
         raise GpoError("no group with reward spread to train on", field="groups.group_size",
                        fix="raise G or prompts_per_round; check the reward models on this round's images")
     torch.set_num_threads(p.threads)
     out = Path(out)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(out))
+    acc = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(out), mixed_precision=p.mixed_precision)
+    if p.mixed_precision == "fp16" and acc.device.type == "cpu":
+        raise GpoError("fp16 mixed precision needs a GPU (accelerate ignores it on the CPU)",
+                       field="train.mixed_precision (params/gpo.yaml)", value=p.mixed_precision,
+                       fix="use bf16 on the CPU, or run on a GPU")
+    world, rank = acc.num_processes, acc.process_index
     policy = pipe.denoiser
-    for enc in pipe.text_encoders():
+    encoders = pipe.text_encoders()
+    for enc in encoders:
         enc.requires_grad_(False).eval()
+    embeds = None
+    if p.precompute_prompt_embeds:  # text encoders are not needed again until the pipeline is saved
+        embeds = precompute_embeds(pipe, [g.prompt for g in groups])
+        homes = [next(enc.parameters()).device for enc in encoders]
+        for enc in encoders:
+            enc.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    policy.to(acc.device)
     lora = p.lora_rank > 0
     ref = Reference(policy, lora)  # before adapters are added: the copy is the plain base
     if lora:
         add_lora(policy, p)
+    if p.gradient_checkpointing:
+        if not getattr(policy, "_supports_gradient_checkpointing", False):
+            raise GpoError(f"{type(policy).__name__} does not support gradient checkpointing",
+                           field="train.gradient_checkpointing (params/gpo.yaml)", value=True, fix="set it to false")
+        policy.enable_gradient_checkpointing()
     policy.train()
     trainable = [q for q in policy.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay)
-    policy, opt = acc.prepare(policy, opt)
+    opt = acc.prepare(torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay))
+    acc.register_for_checkpointing(policy)  # not prepared: no DDP wrapper (gradients are summed by hand)
     steps_per_epoch = -(-len(groups) // p.groups_per_step)
     total = steps_per_epoch * p.epochs
     ckpts = out / "checkpoints"
@@ -147,48 +230,75 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         log = json.loads((done[-1] / "train_log.json").read_text())
     t0 = time.time()
     bad_in_a_row = 0
-    bar = tqdm(total=total, initial=start, desc="gpo train", disable=not progress)
+    bar = tqdm(total=total, initial=start, desc="gpo train", disable=not progress or not acc.is_main_process)
     for step in range(start, total):
         epoch, k = divmod(step, steps_per_epoch)
         order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(p.seed * 1000 + epoch))
         batch = [groups[int(i)] for i in order[k * p.groups_per_step:(k + 1) * p.groups_per_step]]
-        gen = torch.Generator().manual_seed(p.seed * 1_000_003 + step)  # same draws after a resume
         opt.zero_grad(set_to_none=True)
-        stats = [group_step(pipe, policy, ref, g, p, gen, 1.0 / len(batch)) for g in batch]
-        grads_ok = all(torch.isfinite(q.grad).all() for q in trainable if q.grad is not None) and all(
-            math.isfinite(s["loss"]) for s in stats)
+        sums = torch.zeros(len(STAT_KEYS))
+        for slot in range(rank, len(batch), world):  # this rank's share of the step, groups whole
+            g = batch[slot]
+            stats = group_step(pipe, policy, ref, g, p, group_generator(p.seed, step, slot), 1.0 / len(batch),
+                               embeds=embeds[g.prompt] if embeds is not None else None, acc=acc)
+            sums += torch.tensor([stats[key] for key in STAT_KEYS])
+        if world > 1:  # the step's gradient = the sum over all its groups, on every rank
+            for q in trainable:
+                if q.grad is None:
+                    q.grad = torch.zeros_like(q)
+            sums = sums.to(acc.device)
+            all_reduce_sum([q.grad for q in trainable] + [sums])
+            sums = sums.cpu()
+        loss_ok = bool(torch.isfinite(sums).all())
+        grads_ok = loss_ok and all(torch.isfinite(q.grad).all() for q in trainable if q.grad is not None)
+        overflow = False
         if grads_ok:
             acc.clip_grad_norm_(trainable, p.grad_clip)
             opt.step()
             bad_in_a_row = 0
+        elif loss_ok and acc.scaler is not None:  # fp16: the loss scale overflowed; the scaler skips the
+            opt.step()                            # update and lowers the scale (not a fault of the data)
+            overflow = True
         else:  # skip the step: the weights stay those of the last good step
             bad_in_a_row += 1
             if bad_in_a_row >= p.max_nonfinite_steps:
-                atomic_write_json(out / "train_log.json", log + [{"step": step + 1, "skipped_nonfinite": True}])
+                if acc.is_main_process:
+                    atomic_write_json(out / "train_log.json", log + [{"step": step + 1, "skipped_nonfinite": True}])
                 raise GpoError(f"{bad_in_a_row} optimizer steps in a row had a NaN/inf loss or gradient "
                                f"(step {step + 1}); the last good checkpoint is kept in {ckpts}",
                                field="train.max_nonfinite_steps (params/gpo.yaml)", value=p.max_nonfinite_steps,
                                fix="lower train.lr or raise train.beta; check the round's images and rewards")
-        row = {"step": step + 1, "epoch": epoch, "skipped_nonfinite": not grads_ok,
-               **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
+        row = {"step": step + 1, "epoch": epoch, "skipped_nonfinite": not grads_ok and not overflow,
+               **{key: float(v) / len(batch) for key, v in zip(STAT_KEYS, sums)},
                "dropped_group_share": n_dropped / (n_dropped + len(groups)), "seconds": round(time.time() - t0, 2)}
+        if overflow:
+            row["skipped_fp16_overflow"] = True
         log.append(row)
-        if log_fn:
+        if log_fn and acc.is_main_process:
             log_fn(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['implicit_accuracy']:.2f}")
         if (step + 1) % steps_per_epoch == 0:
             ck = ckpts / f"step-{step + 1}"
-            acc.save_state(str(ck))
-            (ck / "train_log.json").write_text(json.dumps(log))
+            acc.save_state(str(ck))  # every rank: accelerate writes the weights on the main process only
+            if acc.is_main_process:
+                (ck / "train_log.json").write_text(json.dumps(log))
+            acc.wait_for_everyone()
     bar.close()
-    policy = acc.unwrap_model(policy)
     if lora:  # keep the adapter, then fold it in: the saved pipeline is a plain diffusers pipeline
-        policy.save_lora_adapter(str(out / "lora"), safe_serialization=True)
+        if acc.is_main_process:
+            policy.save_lora_adapter(str(out / "lora"), safe_serialization=True)
         policy.fuse_lora()
         policy.unload_lora()
+    if p.gradient_checkpointing:
+        policy.disable_gradient_checkpointing()
     policy.eval()
     pipe.set_denoiser(policy)
-    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
-    atomic_write_json(out / "train_log.json", log)
+    if embeds is not None:
+        for enc, home in zip(encoders, homes):
+            enc.to(home)
+    if acc.is_main_process:
+        pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+        atomic_write_json(out / "train_log.json", log)
+    acc.wait_for_everyone()
     return out / "pipeline"
