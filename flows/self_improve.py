@@ -1,10 +1,12 @@
 """The Prefect flow `gpo-self-improve`: rounds of GPO as tasks, each task one DVC stage.
 
-Why tasks run DVC stages (`dvc repro --single-item STAGE`) instead of calling the step functions:
-DVC owns the artifact graph, so a Prefect run, a plain `dvc repro` and `dvc exp run` are the same
-computation, write the same dvc.lock and skip each other's finished work (a crashed run resumes at the
-first stage whose inputs changed or whose outputs are missing). The stage itself is `gpo stage ...`,
-the one implementation the CLI also exposes; no step is implemented twice.
+Why tasks run DVC stages instead of calling the step functions on their own: DVC owns the artifact
+graph, so a Prefect run, a plain `dvc repro` and `dvc exp run` are the same computation, write the same
+dvc.lock and skip each other's finished work (a crashed run resumes at the first stage whose inputs
+changed or whose outputs are missing). The stage itself is `gpo stage ...`, the one implementation the
+CLI also exposes; no step is implemented twice. Each task brings its stage up to date the way
+`dvc repro --single-item` does, but runs the `gpo` command inside the flow's process
+(flows/dvc_stage.py): torch and the models' code are imported once, not once a stage.
 
     python -m flows.self_improve run --rounds 3          # in-process (temporary Prefect API)
     python -m flows.self_improve serve --name local      # deployment gpo-self-improve/local
@@ -16,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.dvc_stage import dvc_subprocess, repro_stage
 from gpo.env import workspace
 from gpo.lock import workspace_lock
 from gpo.round import STEPS, rounds_markdown, rounds_table
@@ -35,21 +36,10 @@ RETRIES = {"prompts": 0, "calibrate": 1, "base": 1, "generate": 2, "score": 2, "
 MLFLOW_UI = os.environ.get("GPO_MLFLOW_UI", "http://127.0.0.1:5000")
 
 
-def _dvc(root: Path, *args: str) -> str:
-    bin_dir = Path(sys.executable).parent  # the environment's `dvc` and `gpo` (stage commands)
-    env = {**os.environ, "GPO_WORKSPACE": str(root), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(["dvc", *args], cwd=root, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                           f"{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
 @task(task_run_name="{name}")
 def stage(name: str, root: str) -> str:
     """Bring one DVC stage up to date (runs it only if its inputs changed or outputs are missing)."""
-    out = _dvc(Path(root), "repro", "--single-item", name)
+    out = repro_stage(Path(root), name)
     get_run_logger().info(out[-2000:])
     return out
 
@@ -107,7 +97,7 @@ def _rounds(ws: Workspace, root: Path, rounds: Optional[int], stop_when_no_impro
             run_stage(f"{step}@{i}", root)
         record = _round_artifact(ws, i)
         if push:
-            _dvc(root, "push")
+            dvc_subprocess(root, "push")
         promoted = (record.get("decision") or {}).get("promote", False)
         print(f"round {i}: headline {record['headline']:.4f}; {record['decision']['reason']}")
         if stop_when_no_improvement and not promoted:
