@@ -86,11 +86,14 @@ class Reference:
 
 
 def add_lora(denoiser: torch.nn.Module, p: TrainParams) -> None:
+    """LoRA adapters with a random init seeded by train.seed: the same adapters on every rank and re-run."""
     from peft import LoraConfig
 
     denoiser.requires_grad_(False)
-    denoiser.add_adapter(LoraConfig(r=p.lora_rank, lora_alpha=p.lora_alpha or 2 * p.lora_rank,
-                                    init_lora_weights="gaussian", target_modules=list(p.lora_targets)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)
+        denoiser.add_adapter(LoraConfig(r=p.lora_rank, lora_alpha=p.lora_alpha or 2 * p.lora_rank,
+                                        init_lora_weights="gaussian", target_modules=list(p.lora_targets)))
 
 
 def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: TrainParams,
@@ -177,6 +180,23 @@ def all_reduce_sum(tensors: list[torch.Tensor], bucket_elems: int = 1 << 24) -> 
         i = j
 
 
+def make_accelerator(p: TrainParams, project_dir: Path | None = None) -> Accelerator:
+    """An Accelerator with this round's mixed precision. accelerate keeps its settings in a process-wide
+    singleton that refuses a second precision, so a long-lived process (a flow, the tests) training
+    twice resets it here; the process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=p.mixed_precision,
+                      project_dir=None if project_dir is None else str(project_dir))
+    if p.mixed_precision == "fp16" and acc.device.type == "cpu":
+        raise GpoError("fp16 mixed precision needs a GPU (accelerate ignores it on the CPU)",
+                       field="train.mixed_precision (params/gpo.yaml)", value=p.mixed_precision,
+                       fix="use bf16 on the CPU, or run on a GPU")
+    return acc
+
+
 def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: Path, *, n_dropped: int = 0,
               progress: bool = True, log_fn=None) -> Path:
     """Fine-tune `pipe.denoiser` on the round's groups; checkpoints in out/checkpoints (resumable);
@@ -187,11 +207,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
                        fix="raise G or prompts_per_round; check the reward models on this round's images")
     torch.set_num_threads(p.threads)
     out = Path(out)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), project_dir=str(out), mixed_precision=p.mixed_precision)
-    if p.mixed_precision == "fp16" and acc.device.type == "cpu":
-        raise GpoError("fp16 mixed precision needs a GPU (accelerate ignores it on the CPU)",
-                       field="train.mixed_precision (params/gpo.yaml)", value=p.mixed_precision,
-                       fix="use bf16 on the CPU, or run on a GPU")
+    acc = make_accelerator(p, out)
     world, rank = acc.num_processes, acc.process_index
     policy = pipe.denoiser
     encoders = pipe.text_encoders()

@@ -87,3 +87,129 @@ def test_family_in_params_is_checked_against_the_folder(saved):
     with pytest.raises(GpoError, match="holds a 'sd3' model, params ask for 'sdxl'") as err:
         load_any(saved / "sd3", family="sdxl")
     assert "models.family" in str(err.value) and "fix:" in str(err.value)
+
+
+# --- memory features (params/gpo.yaml train.*, groups.keep_latents), each run for real --------------------
+def _moved_groups(pipe, n=2, G=6):
+    g = torch.Generator().manual_seed(0)
+    return [Group(f"{i + 2} red circles", torch.randn(G, 4, 16, 16, generator=g), torch.rand(G, generator=g))
+            for i in range(n)]
+
+
+def _grad_of_one_group(pipe, p: TrainParams, acc=None, count_calls_of=None):
+    """The gradient group_step accumulates for one group (G = 6, micro-batches of 4), policy ≠ reference."""
+    from gpo.train import Reference, add_lora, group_step
+
+    policy = pipe.denoiser
+    ref = Reference(policy, p.lora_rank > 0)
+    if p.lora_rank:
+        add_lora(policy, p)
+    else:
+        torch.manual_seed(3)
+        with torch.no_grad():  # move the policy off the reference so Δ ≠ 0
+            for q in policy.parameters():
+                q.add_(torch.randn_like(q) * 1e-2)
+    if p.gradient_checkpointing:
+        policy.enable_gradient_checkpointing()
+    policy.train()
+    calls = []
+    if count_calls_of is not None:  # count forward runs (hooks do not fire on checkpoint recomputation)
+        block = count_calls_of(policy)
+        forward = block.forward
+        block.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
+    stats = group_step(pipe, policy, ref, _moved_groups(pipe)[0], p, torch.Generator().manual_seed(1), 1.0, acc=acc)
+    grad = torch.cat([q.grad.flatten() for q in policy.parameters() if q.grad is not None])
+    return grad, stats, calls
+
+
+def _first_block(family):
+    """A module diffusers checkpoints and the gradient must pass through (LoRA sits in attention layers
+    before it): an MMDiT block, a UNet up-block resnet."""
+    return (lambda net: net.transformer_blocks[0]) if family == "sd3" else (lambda net: net.up_blocks[0].resnets[0])
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("lora", [0, 2])
+def test_gradient_checkpointing_gives_the_same_gradient(saved, family, lora):
+    p = TrainParams(micro_batch=4, beta=50.0, lora_rank=lora, lora_alpha=4 if lora else 0)
+    plain, s1, calls1 = _grad_of_one_group(load_any(saved / family), p, count_calls_of=_first_block(family))
+    ckpt, s2, calls2 = _grad_of_one_group(load_any(saved / family), p.model_copy(update={"gradient_checkpointing": True}),
+                                          count_calls_of=_first_block(family))
+    assert plain.abs().max() > 0 and s1["loss"] == pytest.approx(s2["loss"], rel=1e-6)
+    assert (plain - ckpt).abs().max() <= 1e-5 * plain.abs().max()
+    # checkpointing is really on: the block's forward runs again during backward (2 graded micro-batches)
+    assert len(calls1) in (4, 5) and len(calls2) == len(calls1) + 2  # (5: the LoRA reference is the same net)
+
+
+def test_bf16_autocast_steps_are_finite_and_close_to_float32(saved, tmp_path):
+    from gpo.train import make_accelerator
+
+    p = TrainParams(micro_batch=4, beta=50.0)
+    g32, _, _ = _grad_of_one_group(load_any(saved / "sd3"), p, acc=make_accelerator(p))
+    bf16 = p.model_copy(update={"mixed_precision": "bf16"})
+    g16, s16, _ = _grad_of_one_group(load_any(saved / "sd3"), bf16, acc=make_accelerator(bf16))
+    assert torch.isfinite(g16).all() and not torch.equal(g16, g32)  # autocast really ran in bf16 ...
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.98  # ... and kept the direction
+    # a whole bf16 round of steps: finite losses, float32 weights saved, weights moved
+    pipe = load_any(saved / "sd3")
+    before = {k: v.clone() for k, v in pipe.denoiser.state_dict().items()}
+    out = train_gpo(pipe, _moved_groups(pipe), TrainParams(epochs=2, groups_per_step=2, micro_batch=4, lr=1e-3,
+                                                           threads=1, mixed_precision="bf16"),
+                    tmp_path / "bf16", progress=False)
+    log = __import__("json").loads((tmp_path / "bf16" / "train_log.json").read_text())
+    assert len(log) == 2 and all(np.isfinite(r["loss"]) and not r["skipped_nonfinite"] for r in log)
+    after = load_any(out).denoiser.state_dict()
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fp16_on_cpu_is_a_clear_error(saved, tmp_path):
+    pipe = load_any(saved / "sd")
+    with pytest.raises(GpoError, match="fp16 mixed precision needs a GPU") as err:
+        train_gpo(pipe, _moved_groups(pipe), TrainParams(mixed_precision="fp16", threads=1), tmp_path, progress=False)
+    assert "train.mixed_precision" in str(err.value) and "bf16" in str(err.value)
+
+
+def test_precomputed_prompt_embeds_same_weights_and_no_encoder_calls_in_the_loop(saved, tmp_path):
+    from safetensors.torch import load_file
+
+    results = {}
+    for pre in (False, True):
+        pipe = load_any(saved / "sdxl")
+        calls = []
+        for enc in pipe.text_encoders():
+            enc.register_forward_hook(lambda *a: calls.append(1))
+        groups = _moved_groups(pipe, n=3)
+        train_gpo(pipe, groups, TrainParams(epochs=2, groups_per_step=2, micro_batch=4, lr=1e-3, threads=1,
+                                            precompute_prompt_embeds=pre), tmp_path / str(pre), progress=False)
+        results[pre] = (len(calls), load_file(next((tmp_path / str(pre) / "pipeline" / "unet").glob("*.safetensors"))))
+        assert all(next(e.parameters()).device.type == "cpu" for e in pipe.text_encoders())
+    n_steps_groups = 2 * 3  # 2 epochs × 3 groups, each encoded per group without precomputing
+    assert results[False][0] == 2 * n_steps_groups  # two SDXL text encoders per encoding
+    assert results[True][0] == 2 * 3  # each of the 3 prompts once, before the loop
+    a, b = results[False][1], results[True][1]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same numbers
+
+
+def test_kept_latents_are_the_sampled_ones_and_feed_training(saved, tmp_path):
+    from gpo.groups import generate_groups, load_images, model_inputs
+    from gpo.params import GroupParams
+    from gpo.prompts import Prompt
+
+    pipe = load_any(saved / "sd3")
+    prompts = [Prompt("three red circles", "counting", "train", "circle", "red", 3),
+               Prompt('"CAT" on a sign', "text", "train", word="CAT")]
+    g = GroupParams(group_size=2, steps=2, batch_size=3, guidance_scale=2.0)
+    plain = generate_groups(pipe, prompts, g, 1, tmp_path / "plain", progress=False)
+    kept = generate_groups(pipe, prompts, g.model_copy(update={"keep_latents": True}), 1, tmp_path / "kept",
+                           progress=False)
+    for rel in kept["path"]:  # the PNGs are the same images either way
+        assert (tmp_path / "kept" / rel).read_bytes() == (tmp_path / "plain" / rel).read_bytes()
+        assert (tmp_path / "kept" / rel).with_suffix(".latents.safetensors").exists()
+    x_kept = model_inputs(kept, tmp_path / "kept", pipe.encode_images)
+    sampled = pipe(list(kept["prompt"]), seeds=list(kept["seed"]), num_inference_steps=2, guidance_scale=2.0,
+                   output_type="latent").images
+    assert torch.allclose(x_kept, sampled, atol=1e-5)  # exactly what the sampler produced ...
+    x_enc = model_inputs(plain, tmp_path / "plain", pipe.encode_images)
+    assert torch.equal(x_enc, pipe.encode_images(load_images(plain, tmp_path / "plain")))  # ... else re-encoded
+    assert not torch.allclose(x_kept, x_enc, atol=1e-2)  # (a VAE round trip is not the identity)
