@@ -5,6 +5,11 @@ grids and reward histograms, tags to git/DVC), every round's model a registered 
 A registered version is a pyfunc model whose artifact is the diffusers pipeline folder:
     mlflow.pyfunc.load_model("models:/gpo-embedded@champion").predict(["three red circles"])
 returns one PIL image per prompt.
+
+Logging a round is idempotent: every run carries a `log_key` tag (round, model folder, evaluation summary,
+decision). A process killed while logging leaves either a run without a version (it is marked KILLED and
+a new run logs the round) or a registered version (it is reused: tags and alias are completed), so a
+re-run never registers a second version for the same evaluation and moves the alias at most once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,6 +31,26 @@ from gpo.paths import local, portable
 
 ALIAS = "champion"
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of alias moves (version, reason, time)
+KEY_TAG = "log_key"  # run tag: what this run logs (see `log_key`); a re-run finds its earlier attempt by it
+FAULT_ENV = "GPO_FAULT_AT"
+
+
+def fault_point(name: str) -> None:
+    """Test seam of the fault-injection suite (tests/test_faults_registry.py): when the environment variable
+    GPO_FAULT_AT equals `name`, this process sends itself SIGKILL here, exactly what a `kill -9` from outside
+    does at that instant. Points: `tracking:run-started` (a run exists, nothing registered),
+    `tracking:registered` (a version exists, not yet tagged, alias not moved), `tracking:logged` (all of
+    MLflow done, round.json and champion.json not yet written). Unset (always, outside those tests): no-op."""
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def log_key(index: int, model: Path, summary: dict, decision: Optional[dict]) -> str:
+    """What one logging of a round is: the round, its model folder, the evaluation summary (it holds the
+    evaluation's own timings, so a new evaluation is a new key) and the promotion decision."""
+    blob = json.dumps({"round": index, "model": portable(model), "summary": summary, "decision": decision},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 def _pyfunc_class():
@@ -121,12 +147,45 @@ class Tracker:
 
     def _log_round(self, index: int, rd, record: dict, summary: dict, promoted: bool,
                    model: Optional[Path] = None) -> int:
-        mlflow = self.mlflow
         model = Path(model or rd.model)
+        key = log_key(index, model, summary, record.get("decision"))
+        run_id, version = self._earlier_attempt(key)
+        if version is None:
+            run_id, version = self._new_run(index, rd, record, model, promoted, key)
+        self.last_run = (self.experiment_id, run_id)
+        name = self.p.model_name
+        for tag, value in (("round", str(index)), ("pipeline_path", portable(model)), ("run_id", run_id),
+                           ("summary_path", portable(rd.eval / "summary.json"))):
+            self.client.set_model_version_tag(name, str(version), tag, value)
+        if promoted:
+            self._move_alias(version, record["decision"]["reason"] if record.get("decision") else "base model",
+                             by="rule", once=True)
+        fault_point("tracking:logged")
+        return version
+
+    def _earlier_attempt(self, key: str) -> tuple[Optional[str], Optional[int]]:
+        """(run id, version) of an earlier logging of this very key that registered its model, else
+        (None, None). Earlier attempts that died before registering are marked KILLED (kept, for the record)."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.{KEY_TAG} = '{key}'")
+        found: tuple[Optional[str], Optional[int]] = (None, None)
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            versions = self.client.search_model_versions(f"name = '{self.p.model_name}' and run_id = '{run.info.run_id}'")
+            if versions and found[1] is None:
+                found = (run.info.run_id, min(int(v.version) for v in versions))
+                if run.info.status != "FINISHED":  # killed after registering: its logging is complete
+                    self.client.set_terminated(run.info.run_id, "FINISHED")
+            elif not versions and run.info.status == "RUNNING":
+                self.client.set_tag(run.info.run_id, "interrupted", "the process died before registering the model")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        return found
+
+    def _new_run(self, index: int, rd, record: dict, model: Path, promoted: bool, key: str) -> tuple[str, int]:
+        mlflow = self.mlflow
         with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"round-{index}") as run:
             mlflow.set_tags({"round": str(index), "git_commit": _git_commit(self.root),
                              "dvc_lock_md5": _file_md5(self.root / "dvc.lock"), "promoted": str(promoted),
-                             "model_path": portable(model)})
+                             "model_path": portable(model), KEY_TAG: key})
+            fault_point("tracking:run-started")
             mlflow.log_params(self._params(index, record))
             log = rd.train / "train_log.json"
             if log.exists():
@@ -146,17 +205,8 @@ class Tracker:
             info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                            artifacts={"pipeline": str(model)}, pip_requirements=["gpo"],
                                            registered_model_name=self.p.model_name)
-            version = int(info.registered_model_version)
-            self.last_run = (self.experiment_id, run.info.run_id)
-        self.client.set_model_version_tag(self.p.model_name, str(version), "round", str(index))
-        self.client.set_model_version_tag(self.p.model_name, str(version), "pipeline_path", portable(model))
-        self.client.set_model_version_tag(self.p.model_name, str(version), "run_id", run.info.run_id)
-        self.client.set_model_version_tag(self.p.model_name, str(version), "summary_path",
-                                          portable(rd.eval / "summary.json"))
-        if promoted:
-            self._move_alias(version, record["decision"]["reason"] if record.get("decision") else "base model",
-                             by="rule")
-        return version
+            fault_point("tracking:registered")
+            return run.info.run_id, int(info.registered_model_version)
 
     def _params(self, index: int, record: dict) -> dict:
         return {"round": index, "model_in": record.get("model_in") or "", "model_out": record["model_out"],
@@ -168,11 +218,17 @@ class Tracker:
         tags = self.client.get_registered_model(self.p.model_name).tags
         return json.loads(tags.get(HISTORY_TAG, "[]"))
 
-    def _move_alias(self, version: int, reason: str, by: str) -> None:
-        history = self.history() + [{"version": int(version), "reason": reason, "by": by,
-                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
-        self.client.set_registered_model_alias(self.p.model_name, ALIAS, str(version))
-        self.client.set_registered_model_tag(self.p.model_name, HISTORY_TAG, json.dumps(history))
+    def _move_alias(self, version: int, reason: str, by: str, once: bool = False) -> None:
+        """Record the move in the history, then move the alias. `once`: a repeat of the newest recorded move
+        (a re-run after a kill) only completes it: no second history entry."""
+        history = self.history()
+        last = history[-1] if history else {}
+        if not (once and last.get("version") == int(version) and last.get("reason") == reason and last.get("by") == by):
+            history.append({"version": int(version), "reason": reason, "by": by,
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            self.client.set_registered_model_tag(self.p.model_name, HISTORY_TAG, json.dumps(history))
+        if self.champion() != int(version):
+            self.client.set_registered_model_alias(self.p.model_name, ALIAS, str(version))
         self.client.set_model_version_tag(self.p.model_name, str(version), "champion_reason", reason)
 
     def champion(self) -> Optional[int]:
