@@ -152,6 +152,67 @@ def detector_threshold_cmd(
     typer.echo(f"wrote {out}")
 
 
+@app.command("real-prompts")
+def real_prompts_cmd(
+        out: Path = typer.Option(Path("data/prompts_real.jsonl"), help="prompt table to write"),
+        classes: str = typer.Option("coco", help="'coco' (the 80 COCO classes) or comma-separated class names"),
+        counts: str = typer.Option("1,2,3,4,5,6", help="comma-separated requested counts (each >= 1)"),
+        words: Optional[Path] = typer.Option(None, help="text file, one word a line (default: 90 built-in words)"),
+        templates: Optional[Path] = typer.Option(None, help="text file, one sentence with {word} a line "
+                                                 "(default: 4 built-in sentences)"),
+        heldout_per_count: int = typer.Option(10, help="(class) prompts held out per count"),
+        heldout_words: int = typer.Option(16, help="words never trained on (split heldout_words)"),
+        seed: int = typer.Option(0, help="seed of the held-out draws"),
+        detector: Optional[Path] = typer.Option(None, help="YOLO weights: check every class is one it can count"),
+        world: Optional[Path] = typer.Option(None, help="also write a world.yaml whose `gpo prompts` makes this table")):
+    """Counting and text prompts for a real model (COCO classes × counts; quoted words), same grammar and
+    splits as the embedded world."""
+    from collections import Counter
+
+    from gpo.prompts import COCO_CLASSES, REAL_TEMPLATES, REAL_WORDS, real_model_prompts, write_prompts
+
+    def lines(path: Optional[Path], default: tuple[str, ...]) -> list[str]:
+        if path is None:
+            return list(default)
+        p = _resolve(path)
+        if not p.exists():
+            raise GpoError("file not found", file=str(p), fix="give a text file with one entry a line")
+        return [x.strip() for x in p.read_text().splitlines() if x.strip()]
+
+    cls = list(COCO_CLASSES) if classes.strip().lower() == "coco" else [c.strip() for c in classes.split(",") if c.strip()]
+    try:
+        nums = [int(c) for c in counts.split(",") if c.strip()]
+    except ValueError:
+        raise GpoError("counts must be integers", field="--counts", value=counts, fix="e.g. --counts 1,2,3,4") from None
+    from pydantic import ValidationError
+
+    try:
+        vocab = P.PromptParams(seed=seed, counting=P.CountingVocab(classes=cls, colors=[], counts=nums,
+                                                                   heldout_per_count=heldout_per_count),
+                               text=P.TextVocab(words=lines(words, REAL_WORDS),
+                                                templates=lines(templates, REAL_TEMPLATES), heldout_words=heldout_words))
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise GpoError(f"bad prompt vocabulary: {e['msg']}", field=".".join(str(x) for x in e["loc"]),
+                       value=e.get("input"), fix="see `gpo real-prompts --help`") from None
+    if detector is not None:
+        from gpo.rewards.detector import Detector
+
+        det = Detector(_resolve(detector))
+        for c in cls:
+            det.class_id(c)
+    prompts = real_model_prompts(vocab.counting.classes, vocab.counting.counts, vocab.text.words, vocab.text.templates,
+                                 heldout_per_count=heldout_per_count, heldout_words=heldout_words,
+                                 heldout_share=vocab.text.heldout_share, seed=seed)
+    write_prompts(prompts, _resolve(out))
+    if world is not None:
+        P.save(_resolve(world), P.WorldParams(prompts=vocab))
+        typer.echo(f"wrote {world}")
+    for (task, split), n in sorted(Counter((p.task, p.split) for p in prompts).items()):
+        typer.echo(f"{task:9s} {split:14s} {n:5d}")
+    typer.echo(f"wrote {out}")
+
+
 def _ws(params: Path):
     from gpo.stages import Workspace
 

@@ -164,6 +164,19 @@ def text_prompts(words: list[str], templates: list[str], heldout_words: int, hel
     return out
 
 
+def real_model_prompts(classes: Iterable[str] = COCO_CLASSES, counts: Iterable[int] = (1, 2, 3, 4, 5, 6),
+                       words: Iterable[str] = REAL_WORDS, templates: Iterable[str] = REAL_TEMPLATES, *,
+                       colors: Iterable[str] = (), heldout_per_count: int = 10, heldout_words: int = 16,
+                       heldout_share: float = 0.25, seed: int = 0) -> list[Prompt]:
+    """The prompt table for a real text-to-image model with a COCO detector and an OCR reader: COCO
+    classes × counts ('three cups', 'two people') and quoted words in sentences ('a sign that says
+    "OPEN"'), with the embedded world's grammar and splits (= `gpo.world.dataset.build_prompts` of the
+    same vocabulary, which is what world.yaml with these values produces)."""
+    counting = counting_prompts(list(classes), list(colors), list(counts), heldout_per_count, seed)
+    text = text_prompts(list(words), list(templates), heldout_words, heldout_share, seed)
+    return dedupe(counting + text)
+
+
 def dedupe(prompts: Iterable[Prompt]) -> list[Prompt]:
     """Drop repeated prompt texts (first one wins) so a group is never split across two rows."""
     seen: dict[str, Prompt] = {}

@@ -206,3 +206,53 @@ def test_detector_threshold_command_bad_weights_exit_2(labelled, tmp_path, monke
         main()
     err = capsys.readouterr().err
     assert code.value.code == 2 and "detector weights not found" in err and "Traceback" not in err
+
+
+def test_real_model_prompts_use_the_world_grammar():
+    from gpo.params import CountingVocab, PromptParams, TextVocab
+    from gpo.world.dataset import build_prompts
+
+    table = P.real_model_prompts()
+    same = build_prompts(PromptParams(counting=CountingVocab(classes=list(P.COCO_CLASSES), colors=[],
+                                                             counts=[1, 2, 3, 4, 5, 6], heldout_per_count=10),
+                                      text=TextVocab(words=list(P.REAL_WORDS), templates=list(P.REAL_TEMPLATES))))
+    assert table == same
+    counting = [q for q in table if q.task == "counting"]
+    assert len(counting) == 80 * 6 and {q.cls for q in counting} == set(P.COCO_CLASSES)
+    texts = {q.text for q in counting}
+    assert {"three cups", "two people", "one pair of skis", "four traffic lights", "one person"} <= texts
+    assert sum(q.split == "heldout" for q in counting) == 6 * 10
+    text = [q for q in table if q.task == "text"]
+    assert len(text) == 90 * 4 and all(f'"{q.word}"' in q.text for q in text)
+    assert len({q.word for q in text if q.split == "heldout_words"}) == 16
+
+
+def test_real_prompts_command_checks_classes_and_writes_world_yaml(tmp_path, coco_weights, monkeypatch, capsys):
+    from gpo.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["gpo", "real-prompts", *args])
+        try:
+            main()
+        except SystemExit as e:
+            return e.code, capsys.readouterr()
+        return 0, capsys.readouterr()
+
+    code, out = run("--out", str(tmp_path / "p.jsonl"), "--classes", "cup,dog,person", "--counts", "1,2,3",
+                    "--heldout-per-count", "1", "--detector", str(coco_weights), "--world", str(tmp_path / "w" / "world.yaml"))
+    assert code == 0, out.err
+    rows = P.read_prompts(tmp_path / "p.jsonl")
+    assert {q.text for q in rows if q.task == "counting"} >= {"one cup", "two dogs", "three people"}
+    code, out = run("--out", str(tmp_path / "x.jsonl"))  # the defaults: 80 COCO classes x 6 counts, 90 words x 4
+    assert code == 0 and len(P.read_prompts(tmp_path / "x.jsonl")) == 480 + 360
+    # the world.yaml it wrote makes `gpo prompts` produce the same table
+    monkeypatch.setattr(sys, "argv", ["gpo", "prompts", "--params", str(tmp_path / "w"), "--out", str(tmp_path / "q.jsonl")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None)
+    assert P.read_prompts(tmp_path / "q.jsonl") == rows
+    code, out = run("--out", str(tmp_path / "bad.jsonl"), "--classes", "cup,unicorn", "--heldout-per-count", "1",
+                    "--detector", str(coco_weights))
+    assert code == 2 and "cannot count 'unicorn'" in out.err and "fix:" in out.err
+    code, out = run("--out", str(tmp_path / "bad.jsonl"), "--counts", "0,2")
+    assert code == 2 and "counts" in out.err and "Traceback" not in out.err
