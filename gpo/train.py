@@ -105,39 +105,45 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
     device = next(policy.parameters()).device
     G = group.x0.shape[0]
     # draws on the CPU from `gen`: the same timestep and noise on any device and any rank
-    t = sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction).expand(G).to(device)
-    noise = torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen).expand_as(group.x0).to(device)
-    x0 = group.x0.to(device)
-    x_t, target = noisy_and_target(kind, x0, noise, t, getattr(pipe.scheduler, "alphas_cumprod", None))
+    t1 = sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction).to(device)
+    noise1 = torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen).to(device)
+    alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
     if embeds is None:
         with torch.no_grad():
             embeds = pipe.encode_prompt([group.prompt])
-    states, pooled = embeds
-    states = states.to(device).expand(G, -1, -1)
-    pooled = pooled.to(device).expand(G, -1) if pooled is not None else None
+    states1, pooled1 = (None if e is None else e.to(device) for e in embeds)
     autocast = acc.autocast if acc is not None else nullcontext
     backward = acc.backward if acc is not None else torch.Tensor.backward
-    with autocast():
-        ref_err = ((ref.predict(pipe, policy, x_t, t, states, pooled).float() - target) ** 2).mean(dim=(1, 2, 3))
+    # every tensor of size G·(sample) is built per micro-batch, so memory does not grow with G
+    slices = [slice(i, i + p.micro_batch) for i in range(0, G, p.micro_batch)]
 
-    def err(sl: slice, grad: bool):
-        with torch.set_grad_enabled(grad), autocast():
-            pred = pipe.predict(x_t[sl], t[sl], states[sl], None if pooled is None else pooled[sl], denoiser=policy)
-        return ((pred.float() - target[sl]) ** 2).mean(dim=(1, 2, 3))
+    def err(sl: slice, grad: bool, reference: bool = False) -> torch.Tensor:
+        x0 = group.x0[sl].to(device)
+        n = x0.shape[0]
+        t = t1.expand(n)
+        x_t, target = noisy_and_target(kind, x0, noise1.expand_as(x0), t, alphas)
+        states = states1.expand(n, -1, -1)
+        pooled = pooled1.expand(n, -1) if pooled1 is not None else None
+        with torch.set_grad_enabled(grad and not reference), autocast():
+            if reference:
+                pred = ref.predict(pipe, policy, x_t, t, states, pooled)
+            else:
+                pred = pipe.predict(x_t, t, states, pooled, denoiser=policy)
+        return ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
 
+    ref_err = torch.cat([err(sl, False, reference=True) for sl in slices])
     rewards = group.rewards.to(device)
-    if G <= p.micro_batch:
-        delta = err(slice(None), True) - ref_err
+    if len(slices) == 1:
+        delta = err(slices[0], True) - ref_err
         out = gpo_loss(delta[None], rewards[None], p.beta, p.arm, generator=gen)
         backward(out.loss * scale)
     else:
         with torch.no_grad():
-            delta0 = torch.cat([err(slice(i, i + p.micro_batch), False) for i in range(0, G, p.micro_batch)]) - ref_err
+            delta0 = torch.cat([err(sl, False) for sl in slices]) - ref_err
         leaf = delta0.clone().requires_grad_(True)
         out = gpo_loss(leaf[None], rewards[None], p.beta, p.arm, generator=gen)
         (dL,) = torch.autograd.grad(out.loss, leaf)
-        for i in range(0, G, p.micro_batch):
-            sl = slice(i, i + p.micro_batch)
+        for sl in slices:
             backward((err(sl, True) * dL[sl] * scale).sum())
     return {"loss": out.loss.item(), "implicit_accuracy": float(out.implicit_accuracy),
             "reward_margin": float(out.reward_margin)}

@@ -138,7 +138,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(saved, family, lora):
     assert plain.abs().max() > 0 and s1["loss"] == pytest.approx(s2["loss"], rel=1e-6)
     assert (plain - ckpt).abs().max() <= 1e-5 * plain.abs().max()
     # checkpointing is really on: the block's forward runs again during backward (2 graded micro-batches)
-    assert len(calls1) in (4, 5) and len(calls2) == len(calls1) + 2  # (5: the LoRA reference is the same net)
+    assert len(calls1) in (4, 6) and len(calls2) == len(calls1) + 2  # (6: the LoRA reference is the same net)
 
 
 def test_bf16_autocast_steps_are_finite_and_close_to_float32(saved, tmp_path):

@@ -59,12 +59,14 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
 
 
-def tiny_sd3(seed: int = 0) -> StableDiffusion3Pipeline:
+def tiny_sd3(seed: int = 0, latent_size: int = 16) -> StableDiffusion3Pipeline:
+    """`latent_size` 16 = 32 px images (the tests); the memory benchmark also uses 64 (512 px-sized latents)."""
     torch.manual_seed(seed)
     tok = build_char_tokenizer(40)
-    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
-                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
-                                        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=8)
+    transformer = SD3Transformer2DModel(sample_size=latent_size, patch_size=2, in_channels=4, out_channels=4,
+                                        num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+                                        pos_embed_max_size=latent_size // 2)
     return StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=_vae(shift_factor=0.06, scaling_factor=1.5),
                                     text_encoder=_clip(CLIPTextModelWithProjection, tok, 16),
