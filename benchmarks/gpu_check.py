@@ -18,6 +18,7 @@ measures:
 
     python benchmarks/gpu_check.py                  # full size; needs a GPU (≈ 2-3 min on one H100/H200)
     python benchmarks/gpu_check.py --scale          # scaled-down config on the CPU (< 2 min)
+    python benchmarks/gpu_check.py --cost           # the cost model table of docs/scale_out.md
 
 Writes benchmarks/results/gpu_check_{gpu,cpu}.json and .md (by device type).
 """
@@ -237,13 +238,84 @@ def train_measures(pipe: BenchPipe, run: dict, emb: dict, device, out_dir: Path)
             "micro_batch": p.micro_batch}
 
 
+# --- cost model (docs/scale_out.md) -----------------------------------------------------------------
+H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 (and H100 SXM) spec sheet, dense bf16 tensor cores
+ASSUMED_MFU = 0.40  # assumption: share of that peak a 2.2B MMDiT reaches at batch 16-32 (not measured)
+ASSUMED_TRAIN_FWD_EQUIV = 5.0  # assumption: reference fwd + no-grad fwd + fwd+bwd (≈3 fwd) per image
+ASSUMED_OTHER_PER_IMAGE_S = 0.03  # assumption: text encoders, VAE decode, YOLO/OCR per image on one GPU
+
+
+def forward_tflop(cfg: dict, latent: int, text_tokens: int) -> float:
+    """FLOPs (×1e-12) of one transformer forward for one sample: 2·weights·tokens for the linear layers of
+    each stream (image tokens through the image weights, text tokens through the context weights, the
+    dual-attention layers on image tokens only) + 4·N²·width per joint attention (scores and values)."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    n_img = (latent // cfg["patch_size"]) ** 2
+    n_all = n_img + text_tokens
+    layers, dual = cfg["num_layers"], len(cfg["dual_attention_layers"])
+    # per token and block: q,k,v,out (4·d²) + MLP with 4× hidden (8·d²); adaLN acts on the pooled vector only
+    linear = 2 * layers * (4 * d * d + 8 * d * d) * n_all + 2 * dual * 4 * d * d * n_img
+    attention = 4 * layers * n_all ** 2 * d + 4 * dual * n_img ** 2 * d
+    return (linear + attention) / 1e12
+
+
+def unit_costs(result: dict | None) -> dict:
+    """Seconds per image per sampler step (CFG included) and per image per training epoch: measured
+    (a full-size GPU result of this script) or assumed (FLOPs at ASSUMED_MFU of an H200's peak)."""
+    if result and result.get("config") == "sd3.5-medium" and result["device"] != "cpu":
+        s, t = result["sampling"], result["training"]
+        return {"source": f"measured: benchmarks/results/gpu_check_gpu.json ({result['device']})",
+                "image_step_s": s["s_per_image_step"], "train_image_s": t["train_step_s"] / result["run"]["G"],
+                "other_image_s": ASSUMED_OTHER_PER_IMAGE_S}
+    tf = forward_tflop(SD35_MEDIUM, RUN_FULL["latent"], RUN_FULL["text_tokens"])
+    fwd_s = tf / (H200_BF16_DENSE_TFLOPS * ASSUMED_MFU)
+    return {"source": f"assumed: {tf:.2f} TFLOP per forward per image at {ASSUMED_MFU:.0%} of "
+                      f"{H200_BF16_DENSE_TFLOPS:.0f} TFLOP/s (H200 bf16 dense); no GPU measurement yet",
+            "image_step_s": 2 * fwd_s, "train_image_s": ASSUMED_TRAIN_FWD_EQUIV * fwd_s,
+            "other_image_s": ASSUMED_OTHER_PER_IMAGE_S}
+
+
+def round_gpu_hours(prompts: int, G: int, steps: int, c: dict, epochs: int = 1) -> dict:
+    """GPU-hours of one GPO round: generate (prompts·G images × steps), train (epochs over the groups:
+    one timestep per group and epoch), and the per-image rest (encoders, decode, rewards)."""
+    images = prompts * G
+    gen = images * steps * c["image_step_s"] / 3600
+    train = epochs * images * c["train_image_s"] / 3600
+    other = images * c["other_image_s"] / 3600
+    return {"prompts": prompts, "G": G, "steps": steps, "epochs": epochs, "images": images,
+            "generate_h": gen, "train_h": train, "other_h": other, "total_h": gen + train + other}
+
+
+def cost_markdown(c: dict) -> str:
+    flow_grpo, dgpo = 16 * 24, 16 * 24 / 20
+    lines = [f"unit costs ({c['source']}): {c['image_step_s'] * 1e3:.1f} ms per image per sampler step (CFG), "
+             f"{c['train_image_s'] * 1e3:.1f} ms per image per training epoch, "
+             f"{c['other_image_s'] * 1e3:.0f} ms per image other (assumed)", "",
+             "| prompts | G | steps | images | generate GPU-h | train GPU-h | other GPU-h | round GPU-h | "
+             "rounds in Flow-GRPO's 384 GPU-h | rounds in DGPO's ≈19 GPU-h |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for prompts in (64, 256, 1024):
+        for G in (8, 16, 24):
+            for steps in (10, 40):
+                r = round_gpu_hours(prompts, G, steps, c)
+                lines.append(f"| {prompts} | {G} | {steps} | {r['images']} | {r['generate_h']:.2f} | {r['train_h']:.2f} "
+                             f"| {r['other_h']:.2f} | {r['total_h']:.2f} | {flow_grpo / r['total_h']:.0f} | "
+                             f"{dgpo / r['total_h']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", action="store_true", help="scaled-down config (runs on the CPU in < 2 min)")
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--cost", action="store_true", help="print the cost model table (docs/scale_out.md) from "
+                    "gpu_check_gpu.json when it holds a full-size GPU run, else from the FLOP assumption; no run")
     a = ap.parse_args(argv)
+    if a.cost:
+        path = a.out / "gpu_check_gpu.json"
+        print(cost_markdown(unit_costs(json.loads(path.read_text()) if path.exists() else None)))
+        return {}
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu" and not a.scale:
         raise SystemExit("the full-size check needs a GPU (about 2.5B parameters); use --scale on a CPU")
