@@ -123,3 +123,98 @@ def snapshot(files: list[Path]) -> dict[Path, tuple[int, int, bytes]]:
         st = f.stat()
         out[f] = (st.st_ino, st.st_mtime_ns, f.read_bytes())
     return out
+
+
+# --- the Prefect flow against a real local Prefect server ------------------------------------------
+STAGES = ("prompts", "calibrate", "base", "report")  # what flows.self_improve runs for a run.yaml of 0 rounds
+
+
+def flow_workspace(root: Path) -> Path:
+    """A DVC workspace for the real flow `gpo-self-improve` with stand-in stages: each writes its output
+    under data/, appends its name to runs.log (how often it ran) and `calibrate` waits for a file `go`
+    (so a test can fault the run while a stage is in flight: `data/calibrate.started`)."""
+    import yaml
+
+    root = Path(root)
+    P.save(root / "params" / "run.yaml", P.RunFile(rounds={}))
+
+    def cmd(name: str) -> str:
+        wait = "[time.sleep(0.05) for _ in iter(lambda: pathlib.Path('go').exists(), True)]; " if name == "calibrate" else ""
+        return (f"python -c \"import pathlib, time; d = pathlib.Path('data'); d.mkdir(exist_ok=True); "
+                f"(d / '{name}.started').touch(); {wait}open('runs.log', 'a').write('{name}\\n'); "
+                f"(d / '{name}.txt').write_text('{name} done')\"")
+
+    stages, prev = {}, None
+    for name in STAGES:
+        stages[name] = {"cmd": cmd(name), "outs": [f"data/{name}.txt"], **({"deps": [f"data/{prev}.txt"]} if prev else {})}
+        prev = name
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
+    return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrefectServer:
+    """`prefect server start` on 127.0.0.1 with its state (sqlite) in `home`; stop() is a kill -9."""
+
+    def __init__(self, home: Path):
+        self.home, self.port, self.proc = Path(home), free_port(), None
+        self.api = f"http://127.0.0.1:{self.port}/api"
+
+    def env(self) -> dict[str, str]:
+        return {"PREFECT_HOME": str(self.home), "PREFECT_API_URL": self.api,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true"}
+
+    def start(self, timeout: float = 120) -> "PrefectServer":
+        import urllib.request
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "server.log", "ab")
+        self.proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                      str(self.port)], env={**os.environ, **self.env()}, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.api}/health", timeout=2)
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise AssertionError((self.home / "server.log").read_text()[-2000:])
+                time.sleep(0.3)
+        raise AssertionError(f"prefect server not up within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill9(self.proc)
+            self.proc = None
+
+    def flow_runs(self) -> list[dict]:
+        import httpx
+
+        return httpx.post(f"{self.api}/flow_runs/filter", json={}, timeout=10).json()
+
+
+def start_flow(ws: Path, server: PrefectServer, log: Path, **env: str) -> subprocess.Popen:
+    """`python -m flows.self_improve run` on workspace `ws`, reporting to `server`."""
+    out = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "flows.self_improve", "run"], cwd=ROOT,
+                            env={**env_for(ws), **server.env(), **env}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not Path(path).exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {path} appeared")
+        if time.time() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
