@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from accelerate import PartialState
 from PIL import Image
 
 from gpo.errors import GpoError
 from gpo.evaluate import save_table
 from gpo.generate import generate_to, load_latents
+from gpo.model.device import process_state
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.params import GroupParams
 from gpo.paths import inside, safe_name
@@ -56,7 +56,7 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
             rows.append({"round": round_index, "group": pi, "member": m, "prompt": p.text, "task": p.task,
                          "split": p.split, "cls": p.cls, "color": p.color, "count": p.count, "word": p.word,
                          "seed": seed, "path": str(path.relative_to(folder))})
-    state = PartialState()  # one process unless started by `accelerate launch`
+    state = process_state()  # one process unless started by `accelerate launch`
     keep = g.keep_latents and hasattr(pipe, "decode_latents")  # the embedded model has no VAE: its PNG is the sample
     # a re-run keeps the images of the same model/params/prompts (resume) and clears any others
     if state.is_main_process:

@@ -273,9 +273,9 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
             sums = sums.cpu()
         loss_ok = bool(torch.isfinite(sums).all())
         grads_ok = loss_ok and all(torch.isfinite(q.grad).all() for q in trainable if q.grad is not None)
-        overflow = False
+        overflow, grad_norm = False, None
         if grads_ok:
-            acc.clip_grad_norm_(trainable, p.grad_clip)
+            grad_norm = float(acc.clip_grad_norm_(trainable, p.grad_clip))  # before clipping
             opt.step()
             bad_in_a_row = 0
         elif loss_ok and acc.scaler is not None:  # fp16: the loss scale overflowed; the scaler skips the
@@ -291,7 +291,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
                                field="train.max_nonfinite_steps (params/gpo.yaml)", value=p.max_nonfinite_steps,
                                fix="lower train.lr or raise train.beta; check the round's images and rewards")
         row = {"step": step + 1, "epoch": epoch, "skipped_nonfinite": not grads_ok and not overflow,
-               **{key: float(v) / len(batch) for key, v in zip(STAT_KEYS, sums)},
+               **{key: float(v) / len(batch) for key, v in zip(STAT_KEYS, sums)}, "grad_norm": grad_norm,
                "dropped_group_share": n_dropped / (n_dropped + len(groups)), "seconds": round(time.time() - t0, 2)}
         if overflow:
             row["skipped_fp16_overflow"] = True
