@@ -213,3 +213,16 @@ def test_kept_latents_are_the_sampled_ones_and_feed_training(saved, tmp_path):
     x_enc = model_inputs(plain, tmp_path / "plain", pipe.encode_images)
     assert torch.equal(x_enc, pipe.encode_images(load_images(plain, tmp_path / "plain")))  # ... else re-encoded
     assert not torch.allclose(x_kept, x_enc, atol=1e-2)  # (a VAE round trip is not the identity)
+
+
+def test_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
+    """A hub id is recognised as one (not a missing folder) and, offline and not cached, fails with the fix."""
+    from gpo.model.adapters import is_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    assert is_hub_id("stabilityai/stable-diffusion-3.5-medium") and not is_hub_id("release/base/x")
+    assert not is_hub_id("./a/b") and not is_hub_id("/abs/path")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GpoError, match="no folder 'gpo-tests/no-such-model' here, and cannot load it as a hub id") as err:
+        load_any("gpo-tests/no-such-model")
+    assert "HF_HUB_OFFLINE=0" in str(err.value) and "models.base" in str(err.value)

@@ -173,13 +173,30 @@ def detect_family(path: str | Path) -> str:
     return FAMILIES[name]
 
 
-def load_any(path: str | Path, family: str = "auto", device: str | torch.device | None = None):
+def is_hub_id(ref: str | Path) -> bool:
+    """'owner/name' that is not a folder here: a Hugging Face hub id (e.g. stabilityai/stable-diffusion-3.5-medium)."""
+    text = str(ref)
+    parts = text.split("/")
+    return (not Path(text).exists() and len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+            and "\\" not in text)
+
+
+def load_any(path: str | Path, family: str = "auto", device: str | torch.device | None = "auto"):
     """The embedded pipeline, or a real diffusers pipeline wrapped in `DiffusersBackbone`.
 
-    `family` (params/models.yaml `family`): "auto" takes what the folder declares; any other value must
-    match it (a wrong folder fails here, not mid-round). `device`: None keeps the weights on the CPU."""
+    `path`: a diffusers pipeline folder, or a hub id ('owner/name'; only where the machine may reach the
+    hub: gpo sets HF_HUB_OFFLINE=1 unless you export HF_HUB_OFFLINE=0, and a model already in the HF
+    cache loads offline). `family` (params/models.yaml `family`): "auto" takes what the folder declares;
+    any other value must match it (a wrong folder fails here, not mid-round). `device`: "auto" = this
+    process's accelerator (cuda:<local rank> under `accelerate launch`, else cuda:0, else the CPU);
+    None leaves the weights on the CPU."""
     from gpo.model.build import load_pipeline
+    from gpo.model.device import process_state
 
+    if device == "auto":
+        device = process_state().device
+    if is_hub_id(path):
+        return _load_hub(str(path), family, device)
     found = detect_family(path)
     if family not in ("auto", found):
         raise GpoError(f"the pipeline folder holds a {found!r} model, params ask for {family!r}", file=str(path),
@@ -197,4 +214,21 @@ def load_any(path: str | Path, family: str = "auto", device: str | torch.device 
         raise GpoError(f"cannot load pipeline: {err}", file=str(path),
                        fix="only safetensors weights are accepted") from None
     out = DiffusersBackbone(pipe)
+    return out.to(device) if device is not None else out
+
+
+def _load_hub(hub_id: str, family: str, device) -> DiffusersBackbone:
+    try:
+        pipe = DiffusionPipeline.from_pretrained(hub_id, use_safetensors=True)
+    except Exception as err:  # offline, unknown id, gated model, no safetensors: one clear message
+        raise GpoError(f"no folder {hub_id!r} here, and cannot load it as a hub id from the Hugging Face hub or its "
+                       f"local cache: "
+                       f"{type(err).__name__}: {str(err).splitlines()[0][:300]}", field="models.base", value=hub_id,
+                       fix="export HF_HUB_OFFLINE=0 on a machine that reaches the hub (and log in for gated models), "
+                           "or download the pipeline once (`huggingface-cli download ID --local-dir DIR`) and "
+                           "set models.base to that folder") from None
+    out = DiffusersBackbone(pipe)
+    if family not in ("auto", out.kind):
+        raise GpoError(f"{hub_id!r} is a {out.kind!r} model, params ask for {family!r}", field="models.family",
+                       value=family, fix=f"set family: {out.kind} (or auto)")
     return out.to(device) if device is not None else out
