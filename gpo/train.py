@@ -31,10 +31,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from gpo.errors import GpoError
-from gpo.io import atomic_write_json
+from gpo.io import atomic_write, atomic_write_json
 from gpo.loss import gpo_loss
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.model.targets import noisy_and_target, sample_timesteps
@@ -240,14 +241,18 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
     policy.train()
     trainable = [q for q in policy.parameters() if q.requires_grad]
     opt = acc.prepare(torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay))
-    acc.register_for_checkpointing(policy)  # not prepared: no DDP wrapper (gradients are summed by hand)
+    # the policy is not prepared (no DDP wrapper: gradients are summed by hand), so accelerate's state
+    # holds the optimizer and RNGs; the weights go beside it as safetensors (no pickle)
     steps_per_epoch = -(-len(groups) // p.groups_per_step)
     total = steps_per_epoch * p.epochs
     ckpts = out / "checkpoints"
     start, log = 0, []
-    done = sorted(ckpts.glob("step-*"), key=lambda c: int(c.name.split("-")[1])) if ckpts.exists() else []
+    # complete checkpoints only: the train log is written last (a kill mid-save leaves an older one to use)
+    done = sorted((c for c in ckpts.glob("step-*") if (c / "policy.safetensors").exists()
+                   and (c / "train_log.json").exists()), key=lambda c: int(c.name.split("-")[1])) if ckpts.exists() else []
     if done:
         acc.load_state(str(done[-1]))
+        policy.load_state_dict(load_file(str(done[-1] / "policy.safetensors"), device=str(acc.device)))
         start = int(done[-1].name.split("-")[1])
         log = json.loads((done[-1] / "train_log.json").read_text())
     t0 = time.time()
@@ -302,9 +307,11 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['implicit_accuracy']:.2f}")
         if (step + 1) % steps_per_epoch == 0:
             ck = ckpts / f"step-{step + 1}"
-            acc.save_state(str(ck))  # every rank: accelerate writes the weights on the main process only
+            acc.save_state(str(ck))  # every rank: accelerate writes the optimizer on the main process only
             if acc.is_main_process:
-                (ck / "train_log.json").write_text(json.dumps(log))
+                weights = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+                atomic_write(ck / "policy.safetensors", lambda tmp: save_file(weights, str(tmp)))
+                atomic_write_json(ck / "train_log.json", log)
             acc.wait_for_everyone()
     bar.close()
     if lora:  # keep the adapter, then fold it in: the saved pipeline is a plain diffusers pipeline
