@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -132,8 +134,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         import yaml
 
         overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in a.set)}
-        self_improve(rounds=a.rounds, stop_when_no_improvement=a.stop_when_no_improvement,
-                     overrides=overrides or None, push=a.push)
+        try:
+            self_improve(rounds=a.rounds, stop_when_no_improvement=a.stop_when_no_improvement,
+                         overrides=overrides or None, push=a.push)
+        except httpx.ConnectError as err:  # the Prefect API went away (or was never there)
+            from prefect.settings import PREFECT_API_URL
+
+            sys.exit(f"error: cannot reach the Prefect API at {PREFECT_API_URL.value()} "
+                     f"(httpx.ConnectError: {err}).\n  field: PREFECT_API_URL\n  fix: start the server "
+                     "(`make serve`) or unset PREFECT_API_URL to run with a temporary local API; finished "
+                     "stages are kept in data/ and dvc.lock, and a re-run resumes after them")
     else:
         self_improve.serve(name=a.name, description="GPO self-improvement rounds on this workspace")
 

@@ -23,8 +23,9 @@ from gpo.model.pipeline import TinyT2IPipeline
 def generate(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int], *, steps: int,
              guidance_scale: float, batch_size: int, desc: str = "generate",
              progress: bool = True) -> list[Image.Image]:
-    """Images for (text, seed) pairs, in order. An image depends only on its text and seed, not on
-    the batch it was generated in (per-image starting noise, deterministic ODE sampler)."""
+    """Images for (text, seed) pairs, in order. An image depends on its text and seed, not on the batch it
+    was generated in (per-image starting noise, deterministic ODE sampler), up to float rounding: CPU
+    kernels sum in a batch-size-dependent order, so a batch of another size can move a pixel by 1/255."""
     if len(texts) != len(seeds):
         raise ValueError("one seed per text")
     images: list[Image.Image] = []

@@ -59,6 +59,9 @@ def resume_or_reset(folder: Path, fingerprint: dict) -> bool:
     if stamp.exists():
         try:
             if json.loads(stamp.read_text()) == json.loads(json.dumps(fingerprint, default=str)):
+                for tmp in folder.rglob(".*.tmp*"):  # temp files of writes a kill -9 cut short (gpo/io.py)
+                    if tmp.is_file():
+                        tmp.unlink()
                 return True
         except json.JSONDecodeError:
             pass  # a damaged stamp proves nothing about the files: start over

@@ -26,9 +26,10 @@ import pandas as pd
 from gpo.calibrate import evaluate_model, flat_metrics
 from gpo.errors import GpoError
 from gpo.evaluate import Scorers
-from gpo.groups import generate_groups, load_images, pick_prompts
+from gpo.groups import generate_groups, model_inputs, pick_prompts
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.model.adapters import load_any
+from gpo.model.device import process_state
 from gpo.params import EvalParams, GpoFile
 from gpo.paths import local, portable
 from gpo.promotion import Decision, decide, headline
@@ -97,7 +98,8 @@ class RoundDir:
 
 
 def _timed(rd: RoundDir, step: str, t0: float, **extra) -> None:
-    atomic_write_json(rd.seconds_file(step), {"seconds": round(time.time() - t0, 2), **extra})
+    if process_state().is_main_process:  # under `accelerate launch` the main process writes
+        atomic_write_json(rd.seconds_file(step), {"seconds": round(time.time() - t0, 2), **extra})
 
 
 def read_champion(path: Path) -> dict:
@@ -110,10 +112,10 @@ def read_champion(path: Path) -> dict:
 
 # --- the four steps ----------------------------------------------------------------------------------
 def step_generate(index: int, start_model: Path, rd: RoundDir, prompts: list[Prompt], cfg: GpoFile,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True, family: str = "auto") -> pd.DataFrame:
     """G images per chosen train prompt from the start model; resumable (images on disk are kept)."""
     t0 = time.time()
-    pipe = load_any(start_model)
+    pipe = load_any(start_model, family)
     chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed)
     table = generate_groups(pipe, chosen, cfg.groups, index, rd.groups, progress)
     _timed(rd, "generate", t0, start_model=portable(start_model), images=len(table))
@@ -130,30 +132,34 @@ def step_score(rd: RoundDir, scorers: Scorers) -> pd.DataFrame:
 
 
 def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = True,
-               log_fn: Optional[Callable[[dict], None]] = None) -> Path:
+               log_fn: Optional[Callable[[dict], None]] = None, family: str = "auto") -> Path:
     """GPO fine-tuning of the start model (also the frozen reference) on the scored groups."""
     t0 = time.time()
     if not rd.rewards.exists():
         raise GpoError("no reward table to train on", file=str(rd.rewards), fix="run the score step first")
     rewards = pd.read_parquet(rd.rewards)
-    pipe = load_any(start_model)
+    pipe = load_any(start_model, family)
     # checkpoints of this start model, reward table and train params resume; any others are cleared
-    resume_or_reset(rd.train / "checkpoints", {"weights": weights_digest(pipe.denoiser),
-                                               "rewards": file_digest(rd.rewards), "train": cfg.train.model_dump()})
+    state = process_state()
+    if state.is_main_process:
+        resume_or_reset(rd.train / "checkpoints", {"weights": weights_digest(pipe.denoiser),
+                                                   "rewards": file_digest(rd.rewards), "train": cfg.train.model_dump()})
+    state.wait_for_everyone()
     n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
-    groups = groups_from_table(rewards, load_images(rewards, rd.groups), pipe.encode_images)
+    # x0: the sampler's kept latents where groups.keep_latents saved them, else the encoded PNGs
+    groups = groups_from_table(rewards, x0=model_inputs(rewards, rd.groups, pipe.encode_images))
     model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn)
     _timed(rd, "train", t0, n_groups=len(groups), n_dropped=n_dropped)
     return model
 
 
 def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalParams, out: Path,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, family: str = "auto") -> dict:
     """Evaluate a model unless `out/summary.json` already holds the evaluation of these very weights with
     these eval params (resume after a crash or an MLflow failure); a partial evaluation resumes per image."""
     out = Path(out)
     done, stamp = out / "summary.json", out / "summary.inputs.json"
-    pipe = load_any(model)
+    pipe = load_any(model, family)
     fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump()}
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return json.loads(done.read_text())
@@ -169,11 +175,12 @@ def champion_entry(index: int, model: Path | str, summary: dict, version: Option
 
 
 def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[Prompt], scorers: Scorers,
-                  e: EvalParams, z: float, progress: bool = True, tracker=None) -> tuple[dict, Decision]:
+                  e: EvalParams, z: float, progress: bool = True, tracker=None,
+                  family: str = "auto") -> tuple[dict, Decision]:
     """Held-out evaluation of the round's model, the champion decision, the round record and
     (with a tracker, gpo/tracking.py) the MLflow run and registered version. Writes champion.json last."""
     t0 = time.time()
-    summary = evaluate_once(rd.model, prompts, scorers, e, rd.eval, progress)
+    summary = evaluate_once(rd.model, prompts, scorers, e, rd.eval, progress, family)
     decision = decide(summary, prev_champion["summary"], z)
     metrics = flat_metrics(summary)
     metrics["headline"] = round(headline(summary), 4)

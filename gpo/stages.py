@@ -20,6 +20,7 @@ from gpo.round import (RoundDir, champion_entry, read_champion, step_base, step_
                        step_score, step_train)
 
 STAGES = ("base", "generate", "score", "train", "evaluate")
+_SCORERS: dict = {}  # Workspace.scorers: the loaded reward models, by settings
 
 
 @dataclass
@@ -50,13 +51,24 @@ class Workspace:
                        flat_params(self.load("gpo.yaml"), self.load("eval.yaml")))
 
     def scorers(self):
+        """The reward models of params/rewards.yaml. Loaded once per process for the same settings and
+        weights file (the flow runs score and evaluate stages in one process: YOLO and EasyOCR load once)."""
         from gpo.evaluate import Scorers
         from gpo.rewards.detector import Detector
         from gpo.rewards.ocr import OcrReader
 
         r = self.load("rewards.yaml")
-        det = Detector(self.resolve(r.detector.weights), imgsz=r.detector.imgsz, conf=r.detector.conf)
-        return Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale), max_failed_share=r.max_failed_share)
+        weights = self.resolve(r.detector.weights)
+        key = (r.model_dump_json(), str(weights), weights.stat().st_mtime_ns if weights.exists() else None,
+               str(self.prompts), self.prompts.stat().st_mtime_ns if self.prompts.exists() else None)
+        if key not in _SCORERS:
+            # the prompt table is checked up front: every counted object must be a class of the detector
+            det = Detector(weights, imgsz=r.detector.imgsz, conf=r.detector.conf,
+                           prompts_file=self.prompts if self.prompts.exists() else None)
+            _SCORERS.clear()  # keep one set of reward models in memory
+            _SCORERS[key] = Scorers(counting=det, text=OcrReader(r.ocr.languages, r.ocr.upscale),
+                                    max_failed_share=r.max_failed_share)
+        return _SCORERS[key]
 
     def prompt_table(self):
         from gpo.prompts import read_prompts
@@ -105,9 +117,10 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
                        fix="pass 1 or more")
     rd = RoundDir(ws.rounds / f"round-{index}")
     cfg = ws.load("gpo.yaml")
+    family = ws.load("models.yaml").family  # checked against every pipeline folder the round loads
     if step == "generate":
         start = local(start_champion(ws, index)["model"])
-        table = step_generate(index, start, rd, ws.prompt_table(), cfg, progress)
+        table = step_generate(index, start, rd, ws.prompt_table(), cfg, progress, family=family)
         return {"round": index, "images": len(table), "start_model": str(start)}
     if step == "score":
         rewards = step_score(rd, ws.scorers())
@@ -115,10 +128,10 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
                 "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
     if step == "train":
         start = local(start_champion(ws, index)["model"])
-        return {"round": index, "model": str(step_train(start, rd, cfg, progress))}
+        return {"round": index, "model": str(step_train(start, rd, cfg, progress, family=family))}
     prev = start_champion(ws, index, tracker)
     champion, decision = step_evaluate(index, rd, prev, ws.prompt_table(), ws.scorers(), ws.load("eval.yaml").eval,
-                                       ws.load("run.yaml").promotion.z, progress, tracker)
+                                       ws.load("run.yaml").promotion.z, progress, tracker, family=family)
     return {"round": index, "champion_round": champion["round"], "promoted": decision.promote,
             "reason": decision.reason}
 

@@ -79,8 +79,13 @@ def test_a_crash_keeps_finished_batches_and_the_rerun_makes_only_the_rest(tmp_pa
     assert made == 5 and counter.calls == 3  # only the missing five, in batches of two
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished images untouched
     fresh, _ = generate_to(pipe, texts, seeds, [tmp_path / "ref" / p.name for p in paths], steps=2,
-                           guidance_scale=3.0, batch_size=9, progress=False)
+                           guidance_scale=3.0, batch_size=2, progress=False)
     assert [im.tobytes() for im in images] == [im.tobytes() for im in fresh]  # same as one uninterrupted run
+    # a temp file left by a write that a kill cut short is removed when the folder resumes
+    from gpo.resume import resume_or_reset as ror
+    ror(tmp_path / "stamped", {"a": 1})
+    (tmp_path / "stamped" / ".x.png.abc.tmp.png").write_bytes(b"half")
+    assert ror(tmp_path / "stamped", {"a": 1}) and not (tmp_path / "stamped" / ".x.png.abc.tmp.png").exists()
 
 
 def test_group_images_of_another_model_are_not_reused(tmp_path):
