@@ -1,7 +1,7 @@
 """The Prefect server killed (kill -9) while a stage of the real flow `gpo-self-improve` runs, and it
 stays down. What happens (Prefect 3 runs task state client-side): the stages keep running and write
 their outputs under data/; at the end the flow cannot report its final state and the process exits
-non-zero with Prefect's ConnectError naming the refused connection, after the client's retries
+non-zero after the client's retries, with one gpo error naming the unreachable PREFECT_API_URL and the fix
 (PREFECT_CLIENT_MAX_RETRIES=1 here to keep the test short; the default, 5, waits ≈ 1 min more). Nothing
 in data/ is lost and the workspace lock is released; with the server back, running the flow again
 completes the record on the server without running any stage again (DVC: all up to date).
@@ -25,6 +25,8 @@ def test_prefect_server_down_mid_stage_fails_without_losing_data_and_a_rerun_com
         rc = flow.wait(timeout=240)
         out = (tmp_path / "flow.log").read_text()
         assert rc != 0 and "ConnectError" in out and "Connection refused" in out, out[-3000:]
+        # ... ending in gpo's one error: what could not be reached, the setting, the fix
+        assert "cannot reach the Prefect API" in out and "field: PREFECT_API_URL" in out, out[-3000:]
         assert _ran(ws) == list(STAGES)  # the stages finished while the server was down ...
         assert all((ws / "data" / f"{s}.txt").read_text() == f"{s} done" for s in STAGES)  # ... and are kept
         assert all(f"{s}:" in (ws / "dvc.lock").read_text() for s in STAGES)
