@@ -10,6 +10,7 @@ import torch
 from gpo.evaluate import Scorers, save_table
 from gpo.groups import load_images
 from gpo.loss import group_advantages
+from gpo.model.device import process_state
 from gpo.prompts import Prompt
 
 
@@ -34,14 +35,25 @@ def add_advantages(table: pd.DataFrame, eps: float = 1e-4, clip: float = 5.0) ->
 
 
 def score_groups(groups: pd.DataFrame, folder: Path, scorers: Scorers) -> pd.DataFrame:
-    """Score every image of the manifest; write `<round>/rewards.parquet`."""
-    images = load_images(groups, folder)
-    scores = scorers.score(images, [row_prompt(r) for r in groups.itertuples()])
+    """Score every image of the manifest; write `<round>/rewards.parquet`.
+
+    Under `accelerate launch` scoring is rank-local: each rank scores the whole groups it would have
+    generated (group % world == rank), the scores are gathered, and the main process writes the table
+    (every rank returns it)."""
+    state = process_state()
+    mine = groups[groups["group"] % state.num_processes == state.process_index] if state.num_processes > 1 else groups
+    scores = scorers.score(load_images(mine, folder), [row_prompt(r) for r in mine.itertuples()])
+    rows = [(int(i), s.raw, s.reward, s.correct, s.error) for i, s in zip(mine.index, scores)]
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)
+    by_index = {r[0]: r[1:] for r in rows}
     table = groups.copy()
-    table["raw"] = [s.raw for s in scores]
-    table["reward"] = [s.reward for s in scores]
-    table["correct"] = [s.correct for s in scores]
-    table["error"] = [s.error for s in scores]
+    for k, col in enumerate(("raw", "reward", "correct", "error")):
+        table[col] = [by_index[int(i)][k] for i in table.index]
     table = add_advantages(table)
-    save_table(table, Path(folder) / "rewards.parquet")
+    if state.is_main_process:
+        save_table(table, Path(folder) / "rewards.parquet")
+    state.wait_for_everyone()
     return table

@@ -3,7 +3,8 @@ torch.distributed over gloo) equal the 1-process round on the same groups and se
 
 The worker (this file run as a script) generates the groups of 5 prompts × G = 4 on the tiny SD3
 pipeline with kept latents (prompts dealt to the ranks, whole groups per rank), scores them with a
-pixel reward (every rank reads all images: rank-local scoring is not wired yet), and trains 2 epochs
+pixel reward through gpo.scoring.score_groups (rank-local: each rank scores its own groups, the main
+process writes the gathered table; each rank logs what it scored), and trains 2 epochs
 of 3 groups per step, full fine-tuning and LoRA. Steps deal 3 groups to 2 ranks (2 + 1) and the last
 step of an epoch has 2 groups, so uneven shares are exercised. Tolerance: the 2-process sum of
 gradients differs from the 1-process sum only in float32 summation order, so each step's loss and
@@ -33,13 +34,15 @@ def worker(out: Path) -> None:
     import numpy as np
     import torch
 
-    from gpo.groups import generate_groups, load_images, model_inputs
+    from gpo.evaluate import Scorers
+    from gpo.groups import generate_groups, model_inputs
     from gpo.io import atomic_write_json
     from gpo.model.adapters import DiffusersBackbone
     from gpo.model.device import process_state
     from gpo.params import GroupParams, TrainParams
     from gpo.prompts import Prompt
-    from gpo.scoring import add_advantages
+    from gpo.rewards.arith import Score
+    from gpo.scoring import score_groups
     from gpo.train import groups_from_table, train_gpo
     from tests.tiny_pipelines import tiny_sd3
 
@@ -52,9 +55,16 @@ def worker(out: Path) -> None:
     t0 = time.time()
     table = generate_groups(pipe, prompts, g, 1, out / "groups", progress=False)
     gen_s = time.time() - t0
-    images = load_images(table, out / "groups")
-    table["reward"] = [float(np.asarray(im, dtype=np.float32)[..., 0].mean() / 255) for im in images]
-    table = add_advantages(table)
+    class Red:
+        """Reward = mean red channel; logs which images this rank scored."""
+
+        def score(self, images, prompts):
+            with open(out / f"scored-rank{state.process_index}.txt", "a") as f:
+                f.writelines(f"{p.text}\n" for p in prompts)
+            vals = [float(np.asarray(im, dtype=np.float32)[..., 0].mean() / 255) for im in images]
+            return [Score(v, v > 0.5, f"{v:.4f}") for v in vals]
+
+    table = score_groups(table, out / "groups", Scorers(Red(), Red()))
     groups = groups_from_table(table, x0=model_inputs(table, out / "groups", pipe.encode_images))
     result = {"world": state.num_processes, "generate_s": round(gen_s, 2), "n_groups": len(groups)}
     for name, lora in (("full", 0), ("lora", 2)):
@@ -105,6 +115,15 @@ def test_two_processes_match_one_process(tmp_path):
         assert (one / rel).read_bytes() == (two / rel).read_bytes()
         a, b = (load_file(str((d / rel).with_suffix(".latents.safetensors")))["latents"] for d in (one, two))
         assert torch.equal(a, b)
+
+    # scoring: rank-local (each image scored once, by the rank that generated its group), same table
+    import pandas as pd
+
+    t1, t2 = (pd.read_parquet(d / "groups" / "rewards.parquet") for d in (one, two))
+    pd.testing.assert_frame_equal(t1, t2)
+    scored = [(two / f"scored-rank{r}.txt").read_text().splitlines() for r in (0, 1)]
+    assert sorted(scored[0] + scored[1]) == sorted((one / "scored-rank0.txt").read_text().splitlines())
+    assert len(scored[0]) == 12 and len(scored[1]) == 8  # groups 0, 2, 4 and 1, 3 of G = 4
 
     base = None
     for name in ("full", "lora"):
