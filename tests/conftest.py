@@ -82,3 +82,13 @@ def shipped_detector():
     path = ROOT / "release" / "detector.pt"
     assert path.exists(), "release/detector.pt is missing: run `gpo detector` then `gpo release`"
     return Detector(path)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real local Prefect server (127.0.0.1, free port, its state in a temporary PREFECT_HOME)."""
+    from tests.faults_workspace import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
+    yield server
+    server.stop()

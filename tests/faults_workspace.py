@@ -218,3 +218,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         if time.time() > deadline:
             raise AssertionError(f"{path} did not appear within {timeout} s")
         time.sleep(0.05)
+
+
+def stages_run(ws: Path) -> list[str]:
+    """The stand-in stages of `flow_workspace` that ran, in order (each appends its name to runs.log)."""
+    log = ws / "runs.log"
+    return log.read_text().split() if log.exists() else []

@@ -5,23 +5,11 @@ host and start time, and Prefect records it as Failed with that message; the fir
 first run is mid-stage, holding the lock, when the second starts.)
 """
 
-import pytest
-
-from tests.faults_workspace import STAGES, PrefectServer, flow_workspace, start_flow, wait_for
+from tests.faults_workspace import STAGES, flow_workspace, stages_run, start_flow, wait_for
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
-    yield s
-    s.stop()
-
-
-def _ran(ws):
-    return (ws / "runs.log").read_text().split() if (ws / "runs.log").exists() else []
-
-
-def test_a_second_flow_run_on_the_same_workspace_is_refused_naming_the_first(server, tmp_path):
+def test_a_second_flow_run_on_the_same_workspace_is_refused_naming_the_first(prefect_server, tmp_path):
+    server = prefect_server
     ws = flow_workspace(tmp_path / "ws")
     first = start_flow(ws, server, tmp_path / "first.log")
     try:
@@ -32,11 +20,11 @@ def test_a_second_flow_run_on_the_same_workspace_is_refused_naming_the_first(ser
         out = (tmp_path / "second.log").read_text()
         assert f"another gpo run holds this workspace: pid {first.pid}" in out, out[-3000:]
         assert '"started"' in owner and "started " in out and str(ws / "data" / ".gpo.lock") in out
-        assert _ran(ws) == ["prompts"]  # the second run touched nothing
+        assert stages_run(ws) == ["prompts"]  # the second run touched nothing
     finally:
         (ws / "go").touch()
     assert first.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]
-    assert _ran(ws) == list(STAGES)
+    assert stages_run(ws) == list(STAGES)
     assert sorted(r["state_type"] for r in server.flow_runs()) == ["COMPLETED", "FAILED"]
     failed = [r for r in server.flow_runs() if r["state_type"] == "FAILED"]
     assert any("another gpo run holds this workspace" in (r["state"]["message"] or "") for r in failed), failed

@@ -7,11 +7,7 @@ in data/ is lost and the workspace lock is released; with the server back, runni
 completes the record on the server without running any stage again (DVC: all up to date).
 """
 
-from tests.faults_workspace import STAGES, PrefectServer, flow_workspace, start_flow, wait_for
-
-
-def _ran(ws):
-    return (ws / "runs.log").read_text().split()
+from tests.faults_workspace import STAGES, PrefectServer, flow_workspace, stages_run, start_flow, wait_for
 
 
 def test_prefect_server_down_mid_stage_fails_without_losing_data_and_a_rerun_completes(tmp_path):
@@ -27,7 +23,7 @@ def test_prefect_server_down_mid_stage_fails_without_losing_data_and_a_rerun_com
         assert rc != 0 and "ConnectError" in out and "Connection refused" in out, out[-3000:]
         # ... ending in gpo's one error: what could not be reached, the setting, the fix
         assert "cannot reach the Prefect API" in out and "field: PREFECT_API_URL" in out, out[-3000:]
-        assert _ran(ws) == list(STAGES)  # the stages finished while the server was down ...
+        assert stages_run(ws) == list(STAGES)  # the stages finished while the server was down ...
         assert all((ws / "data" / f"{s}.txt").read_text() == f"{s} done" for s in STAGES)  # ... and are kept
         assert all(f"{s}:" in (ws / "dvc.lock").read_text() for s in STAGES)
         assert not (ws / "data" / ".gpo.lock").exists()  # released on the way out
@@ -35,7 +31,7 @@ def test_prefect_server_down_mid_stage_fails_without_losing_data_and_a_rerun_com
         server.start()
         rerun = start_flow(ws, server, tmp_path / "rerun.log")
         assert rerun.wait(timeout=240) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
-        assert _ran(ws) == list(STAGES)  # nothing ran twice
+        assert stages_run(ws) == list(STAGES)  # nothing ran twice
         states = sorted(r["state_type"] for r in server.flow_runs())
         assert "COMPLETED" in states, states
     finally:

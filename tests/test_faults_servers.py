@@ -8,23 +8,11 @@ while a stage is in flight and the test takes seconds; the flow, DVC, the lock a
 The server staying down: tests/test_faults_server_down.py; two runs racing: tests/test_faults_race.py.
 """
 
-import pytest
-
-from tests.faults_workspace import STAGES, PrefectServer, flow_workspace, start_flow, wait_for
+from tests.faults_workspace import STAGES, flow_workspace, stages_run, start_flow, wait_for
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    s = PrefectServer(tmp_path_factory.mktemp("prefect-home")).start()
-    yield s
-    s.stop()
-
-
-def _ran(ws):
-    return (ws / "runs.log").read_text().split() if (ws / "runs.log").exists() else []
-
-
-def test_prefect_server_killed_and_restarted_mid_stage_the_run_completes(server, tmp_path):
+def test_prefect_server_killed_and_restarted_mid_stage_the_run_completes(prefect_server, tmp_path):
+    server = prefect_server
     ws = flow_workspace(tmp_path / "ws")
     flow = start_flow(ws, server, tmp_path / "flow.log")
     wait_for(ws / "data" / "calibrate.started", flow)
@@ -32,7 +20,7 @@ def test_prefect_server_killed_and_restarted_mid_stage_the_run_completes(server,
     (ws / "go").touch()
     server.start()  # same PREFECT_HOME: its database, with the run, survives
     assert flow.wait(timeout=150) == 0, (tmp_path / "flow.log").read_text()[-3000:]
-    assert _ran(ws) == list(STAGES)  # each stage once: nothing redone, nothing skipped
+    assert stages_run(ws) == list(STAGES)  # each stage once: nothing redone, nothing skipped
     assert all((ws / "data" / f"{s}.txt").read_text() == f"{s} done" for s in STAGES)
     assert not (ws / "data" / ".gpo.lock").exists()
     states = [r["state_type"] for r in server.flow_runs()]

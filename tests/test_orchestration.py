@@ -14,6 +14,7 @@ import mlflow
 import pytest
 
 from gpo import params as P
+from tests.faults_workspace import tiny_world
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -28,14 +29,7 @@ def sh(cwd, *args, check=True):
 
 
 def tiny_params(folder: Path) -> None:
-    world = P.WorldParams()
-    world.prompts.counting.counts = [1, 2]
-    world.prompts.counting.colors = ["red", "blue"]
-    world.prompts.counting.heldout_per_count = 1
-    world.prompts.text.words = ["CAT", "DOG", "SUN", "BOX", "JAR", "MAP"]
-    world.prompts.text.templates = ['"{word}" on a sign', '"{word}" in capital letters']
-    world.prompts.text.heldout_words = 1
-    P.save(folder / "world.yaml", world)
+    P.save(folder / "world.yaml", tiny_world())
     P.save(folder / "pretrain.yaml", P.PretrainFile())
     P.save(folder / "rewards.yaml", P.RewardsFile())
     P.save(folder / "models.yaml", P.ModelsFile())
