@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -213,11 +214,18 @@ def read_prompts(path: Path, *, task: str | None = None, split: str | None = Non
             raise GpoError(f"malformed prompt row: {err}", file=f"{path}:{n}", value=line[:200],
                            fix="regenerate the file with `gpo prompts` or fix the row") from None
         out.append(prompt)
+    if not out:
+        raise GpoError("the prompt file holds no prompts", file=str(path),
+                       fix="regenerate it with `gpo prompts` (params/world.yaml lists the vocabulary)")
     if task:
         out = [p for p in out if p.task == task]
     if split:
         out = [p for p in out if p.split == split]
     return out
+
+
+MAX_COUNT = 300  # ultralytics' default max_det: more objects than this are never reported
+OCR_WORD = re.compile(r"[A-Za-z0-9]+")  # what EasyOCR's English recognizer reads (and the reward compares)
 
 
 def _check_row(p: Prompt) -> None:
@@ -230,8 +238,14 @@ def _check_row(p: Prompt) -> None:
     if p.task == "counting":
         if not isinstance(p.count, int) or isinstance(p.count, bool) or p.count < 1:
             raise ValueError(f"counting prompt needs an integer count >= 1, got {p.count!r}")
+        if p.count > MAX_COUNT:
+            raise ValueError(f"count {p.count} is more than the detector reports per image (max_det {MAX_COUNT}): "
+                             "it could never be scored")
         if not isinstance(p.cls, str) or not p.cls:
             raise ValueError("counting prompt needs a class name in 'cls'")
     else:
         if not isinstance(p.word, str) or not p.word.strip():
             raise ValueError("text prompt needs a non-empty 'word'")
+        if not OCR_WORD.fullmatch(p.word):
+            raise ValueError(f"word {p.word!r} has characters the OCR reward cannot score: EasyOCR's English "
+                             "model reads Latin letters and digits (A-Z, a-z, 0-9)")

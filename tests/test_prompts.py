@@ -79,6 +79,9 @@ def test_write_read_roundtrip_and_filters(tmp_path):
     (json.dumps({"text": "x", "task": "text", "split": "valid", "word": "A"}), "split"),
     (json.dumps({"text": "x", "task": "text", "split": "train", "word": "A", "color": "red", "size": 3}), "unknown"),
     (json.dumps([1, 2]), "object"),
+    (json.dumps({"text": "x", "task": "text", "split": "train", "word": "ÉTÉ"}), "OCR reward cannot score"),
+    (json.dumps({"text": "x", "task": "text", "split": "train", "word": "C-3"}), "OCR reward cannot score"),
+    (json.dumps({"text": "x", "task": "counting", "split": "train", "cls": "circle", "count": 5000}), "max_det"),
 ])
 def test_malformed_rows_name_file_line_and_fix(tmp_path, row, needle):
     path = tmp_path / "bad.jsonl"
@@ -93,3 +96,11 @@ def test_malformed_rows_name_file_line_and_fix(tmp_path, row, needle):
 def test_missing_prompt_file(tmp_path):
     with pytest.raises(GpoError, match="not found"):
         P.read_prompts(tmp_path / "nope.jsonl")
+
+
+def test_an_empty_prompt_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(GpoError, match="holds no prompts") as err:
+        P.read_prompts(path)
+    assert str(path) in str(err.value) and "gpo prompts" in str(err.value)
