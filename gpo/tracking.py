@@ -85,6 +85,46 @@ def flat_params(*files) -> dict[str, str]:
     return out
 
 
+_SECRET_KEYS = ("token", "key", "secret", "password", "passwd", "sig", "signature", "credential", "auth")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password in it and any secret-looking query value replaced by ***: what
+    messages and logs may show of a tracking URI such as https://user:TOKEN@host/?token=..."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    secret_query = any(any(w in k.lower() for w in _SECRET_KEYS) for k, _ in parse_qsl(parts.query))
+    if "@" not in parts.netloc and not secret_query:
+        return uri  # nothing to hide (and sqlite:///relative paths stay as written)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = urlencode([(k, "***" if any(w in k.lower() for w in _SECRET_KEYS) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub(text: str, uri: str) -> str:
+    """`text` (e.g. an exception message) with the URI's secrets removed wherever they appear."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return text
+    secrets = [parts.password] if parts.password else []
+    secrets += [v for k, v in parse_qsl(parts.query) if v and any(w in k.lower() for w in _SECRET_KEYS)]
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def _git_commit(root: Path) -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -116,8 +156,8 @@ class Tracker:
         try:  # reach the store before touching mlflow's process-wide URIs
             exp = self.client.get_experiment_by_name(p.experiment)
         except Exception as err:  # noqa: BLE001 - unreachable server, bad URI
-            raise GpoError(f"cannot reach MLflow: {type(err).__name__}: {str(err)[:300]}",
-                           field="mlflow.tracking_uri (params/run.yaml)", value=uri,
+            raise GpoError(f"cannot reach MLflow: {type(err).__name__}: {_scrub(str(err), uri)[:300]}",
+                           field="mlflow.tracking_uri (params/run.yaml)", value=redact_uri(uri),
                            fix="start the server (`make mlflow-ui` serves the local store) or fix the URI; "
                                "nothing has been run or lost") from None
         mlflow.set_tracking_uri(uri)
@@ -141,7 +181,8 @@ class Tracker:
             raise
         except Exception as err:  # noqa: BLE001 - server down, db locked, disk full: say so, keep data/
             raise GpoError(f"MLflow tracking failed while logging round {index}: {type(err).__name__}: "
-                           f"{str(err)[:300]}", field="mlflow.tracking_uri (params/run.yaml)", value=self.uri,
+                           f"{_scrub(str(err), self.uri)[:300]}", field="mlflow.tracking_uri (params/run.yaml)",
+                           value=redact_uri(self.uri),
                            fix=f"bring the tracking server back (or fix the URI) and re-run the evaluate step: "
                                f"the evaluation already written in {rd.eval} is reused, not recomputed") from None
 

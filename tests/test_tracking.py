@@ -175,3 +175,18 @@ def test_mlflow_down_is_one_clear_error_and_a_rerun_completes_without_recomputin
     assert (rd.eval / "summary.json").exists() and not rd.champion.exists()
     step_evaluate(7, rd, prev, prompts, scorers, e, 0.0, False, tracker)  # server back: completes
     assert rd.champion.exists() and scores.stat().st_mtime_ns == stamp  # evaluation reused, not redone
+
+
+def test_credentials_in_the_tracking_uri_never_reach_messages(tmp_path, monkeypatch):
+    """A token in the tracking URI (user:TOKEN@host, ?token=...) is redacted from the error a user sees."""
+    from gpo.tracking import redact_uri
+
+    assert redact_uri("https://alice:s3cr3t@mlflow.example/api?token=abc&x=1") == \
+        "https://alice:***@mlflow.example/api?token=***&x=1"
+    assert redact_uri("sqlite:///mlflow/mlflow.db") == "sqlite:///mlflow/mlflow.db"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(GpoError, match="cannot reach MLflow") as err:
+        Tracker(MlflowParams(tracking_uri="http://alice:s3cr3t@127.0.0.1:9/?token=t0k3n"), tmp_path)
+    msg = str(err.value)
+    assert "s3cr3t" not in msg and "t0k3n" not in msg and "alice:***@127.0.0.1:9" in msg
