@@ -295,10 +295,13 @@ def rounds_markdown(rows: list[dict]) -> str:
         def ci(k):
             return f"{m[k]:.3f} [{m[k + '_low']:.3f}, {m[k + '_high']:.3f}]"
 
+        def sec(k):  # blank where a step did not run (round 0: the base)
+            return f"{s[k]:.0f}" if k in s else ""
+
         lines.append(f"| {r['round']} | {ci('counting_heldout_accuracy')} | {ci('text_heldout_mean_reward')} | "
                      f"{ci('text_heldout_accuracy')} | {ci('text_heldout_words_mean_reward')} | "
-                     f"{s.get('generate', 0):.0f} | {s.get('score', 0):.0f} | {s.get('train', 0):.0f} | "
-                     f"{s.get('evaluate', 0):.0f} | {'yes' if r['champion'] else ''} |")
+                     f"{sec('generate')} | {sec('score')} | {sec('train')} | {sec('evaluate')} | "
+                     f"{'yes' if r['champion'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
