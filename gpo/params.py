@@ -232,6 +232,12 @@ class TrainParams(Strict):
     max_nonfinite_steps: int = Field(3, ge=1, description="optimizer steps in a row with a NaN/inf loss or "
                                      "gradient (each skipped and logged) before the round stops")
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _unquoted_no(cls, v):
+        # YAML 1.1 reads an unquoted `no` as false; DVC writes it unquoted when `dvc exp run -S` edits the file
+        return "no" if v is False else v
+
 
 class GpoFile(Strict):
     groups: GroupParams = GroupParams()

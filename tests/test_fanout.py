@@ -168,6 +168,13 @@ def test_fanout_on_two_process_workers_equals_one_process(prefect_pool, tmp_path
                            prompts_file=str(tmp_path / "prompts.jsonl"), deployment=deployment, threads=1)
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs()
+        # flush this process's Prefect log/event workers while their server is still up: left running,
+        # they keep pointing at it after it stops, and a later harness in this process waits on them
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=30)
+        EventsWorker.drain_all(timeout=30)
     assert out["images"] == 12 and out["groups"] == 4
     # both workers ran a shard (limit 1 each), each as its own flow run, all completed on the server
     assert sorted(s["worker"] for s in out["shards"]) == workers, "\n".join(logs[w].read_text()[-1500:] for w in workers)

@@ -66,6 +66,13 @@ def flow_rows(workspace):
 
     from flows.self_improve import self_improve
 
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    # stop log/event workers an earlier test may have left bound to a server that is gone (bounded wait):
+    # the harness drains them on exit and would otherwise wait on them for ever
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
     old = os.environ.get("GPO_WORKSPACE")
     os.environ["GPO_WORKSPACE"] = str(workspace)
     try:

@@ -90,3 +90,15 @@ def test_vocabulary_validators(tmp_path):
     path.write_text(yaml.safe_dump({"prompts": {"counting": {"counts": [0, 2]}}}))
     with pytest.raises(GpoError, match=">= 1"):
         P.load(path, P.WorldParams)
+
+
+def test_mixed_precision_no_survives_an_unquoted_yaml_no(tmp_path):
+    """`dvc exp run -S` rewrites params/gpo.yaml with `mixed_precision: no` unquoted (YAML 1.1: false)."""
+    from gpo import params as P
+
+    path = tmp_path / "gpo.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert P.load(path, P.GpoFile).train.mixed_precision == "no"
+    path.write_text("train:\n  mixed_precision: yes\n")
+    with pytest.raises(GpoError):
+        P.load(path, P.GpoFile)
