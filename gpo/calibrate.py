@@ -48,8 +48,9 @@ def reward_models_on_ground_truth(prompts: list[Prompt], world: WorldParams, sco
 
 
 def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorers, e: EvalParams, out: Path,
-                   name: str, progress: bool = True) -> dict:
-    """Held-out evaluation of one model: table (parquet), summary (JSON), a grid per task and split."""
+                   name: str, progress: bool = True, weights: str | None = None) -> dict:
+    """Held-out evaluation of one model: table (parquet), summary (JSON), a grid per task and split.
+    `weights`: the model's `weights_digest` when the caller already has it (one pass over the weights)."""
     held = [p for p in prompts if p.split != "train"]
     plan_p, plan_s = eval_plan(held, {"counting": e.counting_seeds, "text": e.text_seeds,
                                       "heldout_words": e.heldout_word_seeds}, e.seed_offset)
@@ -57,7 +58,7 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
     # every image is kept as it is made (out/<name>_images/): a killed evaluation of the same model with
     # the same plan resumes where it stopped; anything else there is cleared first
     folder = Path(out) / f"{name}_images"
-    resume_or_reset(folder, {"weights": weights_digest(pipe.denoiser), "steps": e.steps,
+    resume_or_reset(folder, {"weights": weights or weights_digest(pipe.denoiser), "steps": e.steps,
                              "guidance_scale": e.guidance_scale, "plan": digest([(p.text, s) for p, s in zip(plan_p, plan_s)])})
     paths = [folder / f"{i:05d}-{s}.png" for i, s in enumerate(plan_s)]
     images, _ = generate_to(pipe, [p.text for p in plan_p], plan_s, paths, steps=e.steps,

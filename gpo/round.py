@@ -163,7 +163,7 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
     fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump()}
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return json.loads(done.read_text())
-    summary = evaluate_model(pipe, prompts, scorers, e, out, "model", progress)
+    summary = evaluate_model(pipe, prompts, scorers, e, out, "model", progress, weights=fingerprint["weights"])
     atomic_write_json(stamp, fingerprint)
     atomic_write_json(done, summary)
     return summary
