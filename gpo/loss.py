@@ -69,8 +69,18 @@ def _pairs(arm: str, rewards: torch.Tensor, adv: torch.Tensor, generator: torch.
     return w
 
 
+def anchor_term(delta: torch.Tensor, adv: torch.Tensor, beta: float, kind: str) -> torch.Tensor:
+    """Per-group anchor on the above-average members, (β/2)·Σ_i A_i⁺·g(Δ_i) / G:
+    dpop: g = max(0, Δ) — only a winner the policy explains worse than the reference is pulled back;
+    sft:  g = Δ — every winner is pulled toward the policy explaining it better than the reference."""
+    pos = adv.clamp(min=0)
+    g = delta.clamp(min=0) if kind == "dpop" else delta
+    return (beta / 2) * (pos * g).sum(-1) / delta.shape[-1]
+
+
 def gpo_loss(delta: torch.Tensor, rewards: torch.Tensor, beta: float, arm: Arm = "gpo",
-             generator: torch.Generator | None = None, eps: float = 1e-4, clip: float = 5.0) -> LossOut:
+             generator: torch.Generator | None = None, eps: float = 1e-4, clip: float = 5.0,
+             anchor: float = 0.0, anchor_kind: str = "dpop") -> LossOut:
     """Groupwise preference loss. `delta` (B, G) carries the gradient; `rewards` (B, G) do not.
 
     gpo:              mean over pairs A_i > A_j of (A_i − A_j) · softplus((β/2)(Δ_i − Δ_j))
@@ -78,6 +88,9 @@ def gpo_loss(delta: torch.Tensor, rewards: torch.Tensor, beta: float, arm: Arm =
     dpo-random:       the same on one random pair with r_w > r_l
     group-unweighted: all pairs r_i > r_j with weight 1
     dgpo:             softplus((β/2) Σ_i A_i Δ_i / G)
+
+    anchor > 0 adds anchor · `anchor_term` per group with spread (any arm): a guard against Diffusion-DPO's
+    likelihood displacement, where the policy fits winners and losers alike worse than the reference.
     """
     if delta.shape != rewards.shape or delta.ndim != 2:
         raise ValueError(f"delta and rewards must both be (groups, members), got {tuple(delta.shape)} and "
@@ -89,7 +102,8 @@ def gpo_loss(delta: torch.Tensor, rewards: torch.Tensor, beta: float, arm: Arm =
         G = delta.shape[1]
         keep = has_spread(rewards)
         z = half_beta * (adv * delta).sum(-1) / G
-        loss = F.softplus(z)[keep].mean() if keep.any() else delta.sum() * 0
+        per = F.softplus(z) + (anchor * anchor_term(delta, adv, beta, anchor_kind) if anchor else 0)
+        loss = per[keep].mean() if keep.any() else delta.sum() * 0
         acc = (z[keep] < 0).float().mean() if keep.any() else torch.tensor(0.0)
         return LossOut(loss, acc, (-z[keep]).mean() if keep.any() else torch.tensor(0.0), int(keep.sum()))
     w = _pairs(arm, rewards, adv, generator)  # (B, G, G)
@@ -101,6 +115,8 @@ def gpo_loss(delta: torch.Tensor, rewards: torch.Tensor, beta: float, arm: Arm =
         zero = delta.sum() * 0
         return LossOut(zero, torch.tensor(0.0), torch.tensor(0.0), 0)
     per_group = (w * F.softplus(half_beta * diff)).sum(dim=(1, 2))[keep] / n_per_group[keep]
+    if anchor:
+        per_group = per_group + anchor * anchor_term(delta, adv, beta, anchor_kind)[keep]
     with torch.no_grad():
         acc = ((diff < 0) & used).sum().float() / used.sum()
         margin = (-half_beta * diff)[used].mean()

@@ -206,6 +206,16 @@ class TrainParams(Strict):
         "gpo", description="loss: gpo (default) or an ablation arm of docs/GPO.md")
     beta: float = Field(5000.0, gt=0, description="β on the per-element mean squared error; higher = stay closer to ref "
                         "(5000: the least held-out damage in benchmarks/results/gpo_tuning.md)")
+    anchor: float = Field(0.0, ge=0, description="weight of the winner anchor added to the loss (0 = the plain "
+                          "loss of docs/GPO.md; see gpo/loss.py anchor_term)")
+    anchor_kind: Literal["dpop", "sft"] = Field("dpop", description="dpop: pull back winners the policy explains "
+                                                "worse than the reference; sft: pull every winner toward a better fit")
+    noise: Literal["shared", "seed"] = Field("shared", description="shared: one fresh noise per group draw "
+                                             "(docs/GPO.md); seed: each member noised with its own sampling noise")
+    guidance_scale: float = Field(1.0, ge=1.0, description="1 = Δ on the conditional prediction (Diffusion-DPO); "
+                                  ">1 = Δ on the guided prediction uncond + w·(cond − uncond), what the sampler follows")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights over the optimizer steps, started "
+                             "at the reference; the round's model is the EMA (0 = off, the last iterate)")
     lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm")

@@ -48,6 +48,7 @@ class Group:
     prompt: str
     x0: torch.Tensor  # (G, C, H, W) clean samples in model space
     rewards: torch.Tensor  # (G,)
+    seeds: list[int] | None = None  # each member's sampling seed (train.noise = seed)
 
 
 def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0: torch.Tensor | None = None
@@ -62,7 +63,8 @@ def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0:
             continue
         rows = rows[rows["reward"].notna()]  # images the reward models failed on carry no reward
         idx = torch.as_tensor(rows.index.to_numpy().copy())  # pandas 3 hands out read-only arrays
-        out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(rows["reward"].to_numpy().copy(), dtype=torch.float32)))
+        out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(rows["reward"].to_numpy().copy(), dtype=torch.float32),
+                         [int(v) for v in rows["seed"]] if "seed" in rows else None))
     return out
 
 
@@ -98,8 +100,8 @@ def add_lora(denoiser: torch.nn.Module, p: TrainParams) -> None:
 
 
 def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: TrainParams,
-               gen: torch.Generator, scale: float, *, embeds: tuple | None = None, acc: Accelerator | None = None
-               ) -> dict:
+               gen: torch.Generator, scale: float, *, embeds: tuple | None = None, acc: Accelerator | None = None,
+               uncond_embeds: tuple | None = None) -> dict:
     """Accumulate the gradient of one group's loss (× scale) into the policy; return its stats.
     `embeds`: the prompt's (states, pooled) when precomputed; `acc`: autocast and (fp16) loss scaling."""
     kind = pipe.parameterization
@@ -108,11 +110,23 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
     # draws on the CPU from `gen`: the same timestep and noise on any device and any rank
     t1 = sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction).to(device)
     noise1 = torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen).to(device)
+    member_noise = None
+    if p.noise == "seed":  # each member noised with its own starting noise (near its own ODE trajectory)
+        if not hasattr(pipe, "initial_noise") or group.seeds is None:
+            raise GpoError("train.noise = seed needs the embedded pipeline and the groups' seeds",
+                           field="train.noise (params/gpo.yaml)", value=p.noise, fix="use train.noise: shared")
+        member_noise = pipe.initial_noise(group.seeds).to(device)
     alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
     if embeds is None:
         with torch.no_grad():
             embeds = pipe.encode_prompt([group.prompt])
     states1, pooled1 = (None if e is None else e.to(device) for e in embeds)
+    guided = p.guidance_scale != 1.0
+    if guided:
+        if uncond_embeds is None:
+            with torch.no_grad():
+                uncond_embeds = pipe.encode_prompt([""])
+        u_states1, u_pooled1 = (None if e is None else e.to(device) for e in uncond_embeds)
     autocast = acc.autocast if acc is not None else nullcontext
     backward = acc.backward if acc is not None else torch.Tensor.backward
     # every tensor of size G·(sample) is built per micro-batch, so memory does not grow with G
@@ -122,35 +136,50 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
         x0 = group.x0[sl].to(device)
         n = x0.shape[0]
         t = t1.expand(n)
-        x_t, target = noisy_and_target(kind, x0, noise1.expand_as(x0), t, alphas)
+        noise = noise1.expand_as(x0) if member_noise is None else member_noise[sl]
+        x_t, target = noisy_and_target(kind, x0, noise, t, alphas)
         states = states1.expand(n, -1, -1)
         pooled = pooled1.expand(n, -1) if pooled1 is not None else None
+        if guided:  # the sampler's velocity: uncond + w·(cond − uncond), both halves in one batch
+            x_t = torch.cat([x_t, x_t])
+            states = torch.cat([u_states1.expand(n, -1, -1), states])
+            pooled = torch.cat([u_pooled1.expand(n, -1), pooled]) if pooled is not None else None
+            t = torch.cat([t, t])
         with torch.set_grad_enabled(grad and not reference), autocast():
             if reference:
                 pred = ref.predict(pipe, policy, x_t, t, states, pooled)
             else:
                 pred = pipe.predict(x_t, t, states, pooled, denoiser=policy)
+        if guided:
+            uncond, cond = pred.chunk(2)
+            pred = uncond + p.guidance_scale * (cond - uncond)
         return ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
 
     ref_err = torch.cat([err(sl, False, reference=True) for sl in slices])
     rewards = group.rewards.to(device)
     if len(slices) == 1:
         delta = err(slices[0], True) - ref_err
-        out = gpo_loss(delta[None], rewards[None], p.beta, p.arm, generator=gen)
+        out = gpo_loss(delta[None], rewards[None], p.beta, p.arm, generator=gen, anchor=p.anchor, anchor_kind=p.anchor_kind)
         backward(out.loss * scale)
+        delta0 = delta.detach()
     else:
         with torch.no_grad():
             delta0 = torch.cat([err(sl, False) for sl in slices]) - ref_err
         leaf = delta0.clone().requires_grad_(True)
-        out = gpo_loss(leaf[None], rewards[None], p.beta, p.arm, generator=gen)
+        out = gpo_loss(leaf[None], rewards[None], p.beta, p.arm, generator=gen, anchor=p.anchor, anchor_kind=p.anchor_kind)
         (dL,) = torch.autograd.grad(out.loss, leaf)
         for sl in slices:
             backward((err(sl, True) * dL[sl] * scale).sum())
+    # Δ of the above- and below-average members: both rising = the policy fits every sample worse than
+    # the reference (Diffusion-DPO's likelihood displacement), the margin between them being the signal
+    above, below = rewards > rewards.mean(), rewards < rewards.mean()
     return {"loss": out.loss.item(), "implicit_accuracy": float(out.implicit_accuracy),
-            "reward_margin": float(out.reward_margin)}
+            "reward_margin": float(out.reward_margin),
+            "delta_above": float(delta0[above].mean()) if above.any() else 0.0,
+            "delta_below": float(delta0[below].mean()) if below.any() else 0.0}
 
 
-STAT_KEYS = ("loss", "implicit_accuracy", "reward_margin")
+STAT_KEYS = ("loss", "implicit_accuracy", "reward_margin", "delta_above", "delta_below")
 
 
 def group_generator(seed: int, step: int, slot: int) -> torch.Generator:
@@ -222,7 +251,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         enc.requires_grad_(False).eval()
     embeds = None
     if p.precompute_prompt_embeds:  # text encoders are not needed again until the pipeline is saved
-        embeds = precompute_embeds(pipe, [g.prompt for g in groups])
+        embeds = precompute_embeds(pipe, [g.prompt for g in groups] + [""])
         homes = [next(enc.parameters()).device for enc in encoders]
         for enc in encoders:
             enc.to("cpu")
@@ -241,6 +270,8 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
     policy.train()
     trainable = [q for q in policy.parameters() if q.requires_grad]
     opt = acc.prepare(torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay))
+    # EMA of the trainable weights, started at the reference; the round's model is the EMA when on
+    ema = [q.detach().clone() for q in trainable] if p.ema_decay > 0 else None
     # the policy is not prepared (no DDP wrapper: gradients are summed by hand), so accelerate's state
     # holds the optimizer and RNGs; the weights go beside it as safetensors (no pickle)
     steps_per_epoch = -(-len(groups) // p.groups_per_step)
@@ -253,6 +284,9 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
     if done:
         acc.load_state(str(done[-1]))
         policy.load_state_dict(load_file(str(done[-1] / "policy.safetensors"), device=str(acc.device)))
+        if ema is not None:
+            saved = load_file(str(done[-1] / "ema.safetensors"), device=str(acc.device))
+            ema = [saved[str(i)] for i in range(len(ema))]
         start = int(done[-1].name.split("-")[1])
         log = json.loads((done[-1] / "train_log.json").read_text())
     t0 = time.time()
@@ -267,7 +301,8 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         for slot in range(rank, len(batch), world):  # this rank's share of the step, groups whole
             g = batch[slot]
             stats = group_step(pipe, policy, ref, g, p, group_generator(p.seed, step, slot), 1.0 / len(batch),
-                               embeds=embeds[g.prompt] if embeds is not None else None, acc=acc)
+                               embeds=embeds[g.prompt] if embeds is not None else None, acc=acc,
+                               uncond_embeds=embeds[""] if embeds is not None else None)
             sums += torch.tensor([stats[key] for key in STAT_KEYS])
         if world > 1:  # the step's gradient = the sum over all its groups, on every rank
             for q in trainable:
@@ -282,6 +317,9 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         if grads_ok:
             grad_norm = float(acc.clip_grad_norm_(trainable, p.grad_clip))  # before clipping
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [q.detach() for q in trainable], 1 - p.ema_decay)
             bad_in_a_row = 0
         elif loss_ok and acc.scaler is not None:  # fp16: the loss scale overflowed; the scaler skips the
             opt.step()                            # update and lowers the scale (not a fault of the data)
@@ -311,9 +349,16 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
             if acc.is_main_process:
                 weights = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
                 atomic_write(ck / "policy.safetensors", lambda tmp: save_file(weights, str(tmp)))
+                if ema is not None:
+                    ema_w = {str(i): v.detach().cpu().contiguous() for i, v in enumerate(ema)}
+                    atomic_write(ck / "ema.safetensors", lambda tmp: save_file(ema_w, str(tmp)))
                 atomic_write_json(ck / "train_log.json", log)
             acc.wait_for_everyone()
     bar.close()
+    if ema is not None:  # the model of the round is the EMA of the iterates
+        with torch.no_grad():
+            for q, v in zip(trainable, ema):
+                q.copy_(v)
     if lora:  # keep the adapter, then fold it in: the saved pipeline is a plain diffusers pipeline
         if acc.is_main_process:
             policy.save_lora_adapter(str(out / "lora"), safe_serialization=True)

@@ -142,3 +142,41 @@ def test_shapes_are_checked():
         gpo_loss(torch.zeros(4), torch.zeros(4), 1.0)
     with pytest.raises(ValueError, match="unknown loss arm"):
         gpo_loss(torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]), 1.0, arm="ppo")
+
+
+def test_anchor_zero_is_the_plain_loss_and_equal_rewards_stay_silent():
+    delta = torch.randn(3, 5)
+    rewards = torch.rand(3, 5)
+    for arm in ARMS:
+        for kind in ("dpop", "sft"):
+            a = gpo_loss(delta, rewards, 700.0, arm=arm, generator=torch.Generator().manual_seed(0)).loss
+            b = gpo_loss(delta, rewards, 700.0, arm=arm, generator=torch.Generator().manual_seed(0),
+                         anchor=0.0, anchor_kind=kind).loss
+            assert a.item() == b.item()
+            d = delta.clone().requires_grad_(True)
+            out = gpo_loss(d, torch.full((3, 5), 0.3), 700.0, arm=arm, anchor=2.0, anchor_kind=kind)
+            out.loss.backward()
+            assert out.loss.item() == 0.0 and torch.count_nonzero(d.grad) == 0
+
+
+def test_anchor_gradient_hand_computed():
+    """sft: ∂/∂Δ_i of anchor·(β/2)·Σ A_i⁺ Δ_i / G is anchor·(β/2)·A_i⁺/G — winners only, losers untouched.
+    dpop: the same, but only for winners with Δ_i > 0 (explained worse than by the reference)."""
+    beta, lam = 400.0, 0.5
+    rewards = torch.tensor([[1.0, 0.0, 0.5, 0.25]])
+    adv = group_advantages(rewards)
+    delta = torch.tensor([[0.002, 0.001, -0.003, 0.004]])
+    plain = delta.clone().requires_grad_(True)
+    gpo_loss(plain, rewards, beta).loss.backward()
+    for kind, mask in (("sft", torch.ones(4)), ("dpop", (delta[0] > 0).double())):
+        d = delta.clone().requires_grad_(True)
+        out = gpo_loss(d, rewards, beta, anchor=lam, anchor_kind=kind)
+        out.loss.backward()
+        extra = lam * (beta / 2) * adv.clamp(min=0)[0] * mask / 4
+        assert torch.allclose(d.grad[0] - plain.grad[0], extra, atol=1e-12)
+        value = lam * (beta / 2) * (adv.clamp(min=0)[0] * mask * delta[0]).sum() / 4
+        assert out.loss.item() == pytest.approx(gpo_loss(delta, rewards, beta).loss.item() + value.item(), rel=1e-12)
+    # the winner (member 0, Δ > 0) is pulled back under dpop; member 2 (above average, Δ < 0) is not
+    d = delta.clone().requires_grad_(True)
+    gpo_loss(d, rewards, beta, anchor=lam, anchor_kind="dpop").loss.backward()
+    assert d.grad[0, 0] > plain.grad[0, 0] and d.grad[0, 2] == plain.grad[0, 2]

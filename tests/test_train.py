@@ -61,13 +61,22 @@ def test_micro_batching_gives_the_same_gradient():
     assert (grads[0] - grads[1]).abs().max() < 1e-4 * grads[0].abs().max()  # float32 summation order only
 
 
-def test_resume_from_checkpoint_matches_uninterrupted(tmp_path):
-    full = _weights(_train(tmp_path, "full"))
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, ema):
+    full = _weights(_train(tmp_path, "full", ema_decay=ema))
     # interrupted: one epoch done (its checkpoint saved), then the same call again with 2 epochs
-    _train(tmp_path, "cut", epochs=1)
+    _train(tmp_path, "cut", epochs=1, ema_decay=ema)
     (tmp_path / "cut" / "pipeline").rename(tmp_path / "cut" / "epoch1")
-    resumed = _weights(_train(tmp_path, "cut"))
+    resumed = _weights(_train(tmp_path, "cut", ema_decay=ema))
     assert all(torch.allclose(full[k], resumed[k], atol=1e-6) for k in full)
+    if ema:  # the saved model is the EMA: between the reference and the last iterate, not either
+        last = load_file(str(tmp_path / "full" / "checkpoints" / "step-4" / "policy.safetensors"))
+        start = build_pipeline(TINY, seed=0).denoiser.state_dict()
+        k = next(k for k in full if not torch.equal(start[k], last[k]))
+        assert not torch.equal(full[k], last[k]) and not torch.equal(full[k], start[k])
+        # EMA − start = Σ c_k (θ_k − start) with Σ c_k = 1 − 0.9⁴ = 0.34 over the four iterates, which move
+        # away from the start step by step here: the EMA sits about a third of the way to the last iterate
+        assert (full[k] - start[k]).norm() < 0.5 * (last[k] - start[k]).norm()
 
 
 def test_lora_trains_adapters_and_saves_a_plain_pipeline(tmp_path):
@@ -111,3 +120,41 @@ def test_nonfinite_steps_are_skipped_then_stop_the_round_with_weights_intact(tmp
         assert torch.isfinite(q).all()  # skipped steps never touched the weights
     log = json.loads((tmp_path / "nan" / "train_log.json").read_text())
     assert [r["skipped_nonfinite"] for r in log] == [False, True, True]
+
+
+@pytest.mark.parametrize("noise,guidance", [("seed", 2.5), ("shared", 1.0)])
+def test_group_delta_matches_a_hand_computation(noise, guidance):
+    """train.noise = seed noises member i with its own sampling noise (pipe.initial_noise of its seed);
+    train.guidance_scale > 1 takes Δ on uncond + w·(cond − uncond). Both against a by-hand Δ and loss."""
+    from gpo.loss import gpo_loss
+    from gpo.model.targets import noisy_and_target, sample_timesteps
+    from gpo.train import Reference, group_step
+
+    pipe = build_pipeline(TINY, seed=0)
+    ref = Reference(pipe.denoiser, lora=False)
+    with torch.no_grad():
+        for q in pipe.denoiser.parameters():
+            q.add_(torch.randn_like(q) * 1e-2)
+    group = _groups(1, G=4)[0]
+    group.seeds = [11, 12, 13, 14]
+    p = TrainParams(noise=noise, guidance_scale=guidance, beta=50.0)
+    stats = group_step(pipe, pipe.denoiser, ref, group, p, torch.Generator().manual_seed(1), 1.0)
+
+    gen = torch.Generator().manual_seed(1)
+    t = sample_timesteps("flow", 1, gen, min_fraction=p.timestep_min_fraction).expand(4)
+    shared = torch.randn((1, 3, 32, 32), generator=gen).expand(4, -1, -1, -1)
+    z = pipe.initial_noise(group.seeds) if noise == "seed" else shared
+    x_t, y = noisy_and_target("flow", group.x0, z, t)
+    with torch.no_grad():
+        (c, cp), (u, up) = pipe.encode_prompt([group.prompt]), pipe.encode_prompt([""])
+
+        def err(net):
+            cond = pipe.predict(x_t, t, c.expand(4, -1, -1), cp.expand(4, -1), denoiser=net)
+            unc = pipe.predict(x_t, t, u.expand(4, -1, -1), up.expand(4, -1), denoiser=net)
+            pred = unc + guidance * (cond - unc) if guidance != 1.0 else cond
+            return ((pred - y) ** 2).mean(dim=(1, 2, 3))
+
+        delta = err(pipe.denoiser) - err(ref.copy)
+    expected = gpo_loss(delta[None], group.rewards[None], 50.0).loss.item()
+    assert stats["loss"] == pytest.approx(expected, rel=1e-4)
+    assert stats["delta_above"] == pytest.approx(delta[group.rewards > group.rewards.mean()].mean().item(), rel=1e-4)
