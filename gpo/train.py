@@ -251,7 +251,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         enc.requires_grad_(False).eval()
     embeds = None
     if p.precompute_prompt_embeds:  # text encoders are not needed again until the pipeline is saved
-        embeds = precompute_embeds(pipe, [g.prompt for g in groups] + [""])
+        embeds = precompute_embeds(pipe, [g.prompt for g in groups] + ([""] if p.guidance_scale != 1.0 else []))
         homes = [next(enc.parameters()).device for enc in encoders]
         for enc in encoders:
             enc.to("cpu")
@@ -302,7 +302,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
             g = batch[slot]
             stats = group_step(pipe, policy, ref, g, p, group_generator(p.seed, step, slot), 1.0 / len(batch),
                                embeds=embeds[g.prompt] if embeds is not None else None, acc=acc,
-                               uncond_embeds=embeds[""] if embeds is not None else None)
+                               uncond_embeds=embeds.get("") if embeds is not None else None)
             sums += torch.tensor([stats[key] for key in STAT_KEYS])
         if world > 1:  # the step's gradient = the sum over all its groups, on every rank
             for q in trainable:
