@@ -49,6 +49,16 @@ def quick_metrics(table: pd.DataFrame) -> dict[str, float]:
             "counting_by_count": {int(k): v for k, v in by_count.items()}}
 
 
+def upsert_results(stem: str, row: dict, header: list[str], render) -> None:
+    """Print `row`, replace the row of the same name in results/<stem>.json (or add it), rewrite <stem>.md."""
+    print(json.dumps(row, indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{stem}.json"
+    rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["name"] != row["name"]] + [row]
+    atomic_write_json(path, rows)
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(header + [render(r) for r in rows]) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
@@ -86,19 +96,16 @@ def main() -> None:
     row = {"name": a.name, "overrides": a.overrides + ([f"--task {a.task}"] if a.task else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
            "train_reward_curve": curve, "base": quick_metrics(base_t[keep]), "final": final}
-    print(json.dumps(row, indent=1))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "gpo_tuning.json"
-    rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["name"] != a.name] + [row]
-    atomic_write_json(path, rows)
-    lines = ["| name | overrides | rounds | GPO s | counting acc base → final | OCR reward base → final | "
-             "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    header = ["| name | overrides | rounds | GPO s | counting acc base → final | OCR reward base → final | "
+              "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|"]
+
+    def render(r: dict) -> str:
         b, f = r["base"], r["final"]
-        lines.append(f"| {r['name']} | {' '.join(r['overrides'])} | {r['rounds']} | {r['gpo_seconds']} | "
-                     f"{b['counting_acc']:.3f} → {f['counting_acc']:.3f} | {b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | "
-                     f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {f['counting_by_count']} |")
-    atomic_write_text(RESULTS / "gpo_tuning.md", "\n".join(lines) + "\n")
+        return (f"| {r['name']} | {' '.join(r['overrides'])} | {r['rounds']} | {r['gpo_seconds']} | "
+                f"{b['counting_acc']:.3f} → {f['counting_acc']:.3f} | {b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | "
+                f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {f['counting_by_count']} |")
+
+    upsert_results("gpo_tuning", row, header, render)
 
 
 if __name__ == "__main__":

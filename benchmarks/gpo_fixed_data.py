@@ -1,0 +1,121 @@
+"""Does a GPO update reach the sampler? Train once on a fixed set of scored groups, then regenerate
+the same prompts with the same seeds and score them again (a paired, same-seed check).
+
+The groups are a round's `groups/` folder: by default the shipped base's own round-1 groups for 108
+train prompts (all 54 counting ones and 54 text ones; G = 8), made here on first use: the same prompts,
+seeds and images as round 1 of the H tuning run (`groups.prompts_per_round=108`). Every configuration trains the base on those same
+groups, so rows differ only by the knobs. The check regenerates members 0..M−1 of every group (M = 2:
+216 images) with the trained model and compares reward and accuracy with the base's, image by image.
+A training step that cannot raise the reward of the very seeds it trained on will not raise held-out
+accuracy; `--heldout` adds the quick held-out evaluation of benchmarks/gpo_tuning.py as well.
+
+    python benchmarks/gpo_fixed_data.py D0_default
+    python benchmarks/gpo_fixed_data.py D5_seednoise train.noise=seed
+
+Appends a row to benchmarks/results/gpo_fixed_data.json and rewrites gpo_fixed_data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gpo.calibrate import evaluate_model
+from gpo.cli import _load, _ws
+from gpo.generate import generate
+from gpo.groups import model_inputs
+from gpo.model.adapters import load_any
+from gpo.prompts import read_prompts
+from gpo.train import groups_from_table, train_gpo
+
+from gpo_tuning import override, quick_metrics, upsert_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+RESULTS = Path(__file__).parent / "results"
+DATA = Path("data/fixed/base-round-1/groups")
+
+
+def base_groups(folder: Path, base: Path, scorers) -> None:
+    """Round 1's groups of the base for 108 train prompts, half counting (all 54), half text (generate + score,
+    resumable)."""
+    from gpo.round import RoundDir, step_generate, step_score
+
+    prompts = read_prompts(Path("data/prompts.jsonl"))
+    cfg = _load(Path("params"), "gpo.yaml")
+    n = 2 * sum(p.split == "train" and p.task == "counting" for p in prompts)
+    cfg = cfg.model_copy(update={"groups": cfg.groups.model_copy(update={"prompts_per_round": n})})
+    rd = RoundDir(folder.parent)
+    step_generate(1, base, rd, prompts, cfg, progress=False)
+    step_score(rd, scorers)
+
+
+def same_seed_check(model: Path, base: Path, table: pd.DataFrame, members: int, scorers, steps: int,
+                    guidance: float) -> dict:
+    """Reward, accuracy and mean absolute pixel change on the first `members` seeds of every group."""
+    t = table[table.member < members].reset_index(drop=True)
+    by_text = {p.text: p for p in read_prompts(Path("data/prompts.jsonl"))}
+    prompts = [by_text[x] for x in t.prompt]
+    kw = dict(steps=steps, guidance_scale=guidance, batch_size=64, progress=False)
+    new = generate(load_any(model), list(t.prompt), list(t.seed), **kw)
+    old = generate(load_any(base), list(t.prompt), list(t.seed), **kw)
+    scores = scorers.score(new, prompts)
+    t["new_reward"] = [s.reward for s in scores]
+    t["new_correct"] = [s.correct for s in scores]
+    t["pixel_change"] = [np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() / 255 for a, b in zip(new, old)]
+    return {task: {"n": len(d), "reward": [round(d.reward.mean(), 3), round(d.new_reward.mean(), 3)],
+                   "accuracy": [round(d.correct.mean(), 3), round(d.new_correct.mean(), 3)],
+                   "pixel_change": round(float(d.pixel_change.mean()), 4)} for task, d in t.groupby("task")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name")
+    ap.add_argument("overrides", nargs="*", help="section.field=value on params/gpo.yaml")
+    ap.add_argument("--data", type=Path, default=DATA, help="a round's groups/ folder (rewards.parquet + images)")
+    ap.add_argument("--members", type=int, default=2, help="seeds per group in the same-seed check")
+    ap.add_argument("--heldout", action="store_true", help="also the quick held-out evaluation (8/2 seeds)")
+    ap.add_argument("--out", type=Path, default=Path("data/fixed"))
+    a = ap.parse_intermixed_args()
+    cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
+    base = Path(_load(Path("params"), "models.yaml").base)
+    scorers = _ws(Path("params")).scorers()
+    if not (a.data / "rewards.parquet").exists():
+        base_groups(a.data, base, scorers)
+    table = pd.read_parquet(a.data / "rewards.parquet")
+    pipe = load_any(base)
+    groups = groups_from_table(table, x0=model_inputs(table, a.data, pipe.encode_images))
+    folder = a.out / a.name
+    t0 = time.time()
+    model = train_gpo(pipe, groups, cfg.train, folder / "train", progress=False)
+    train_s = time.time() - t0
+    log = json.loads((folder / "train" / "train_log.json").read_text())
+    tail = log[-max(1, len(log) // 4):]  # the last quarter of the steps
+    fit = {k: round(sum(r[k] for r in tail) / len(tail), 6) for k in ("loss", "implicit_accuracy", "delta_above", "delta_below")}
+    row = {"name": a.name, "overrides": a.overrides, "groups": len(groups), "steps": len(log), "train_s": round(train_s),
+           "fit_last_quarter": fit,
+           "same_seed": same_seed_check(model, base, table, a.members, scorers, cfg.groups.steps, cfg.groups.guidance_scale)}
+    if a.heldout:
+        e = _load(Path("params"), "eval.yaml").eval.model_copy(update={"counting_seeds": 8, "text_seeds": 2, "heldout_word_seeds": 1})
+        evaluate_model(load_any(model), read_prompts(Path("data/prompts.jsonl")), scorers, e, folder / "eval", "final", progress=False)
+        b = pd.read_parquet("data/calibration/base_scores.parquet")
+        keep = ((b.task == "counting") & (b.seed < e.seed_offset + 8)) | ((b.task == "text") & (b.seed < e.seed_offset + 2))
+        row["heldout"] = {"base": quick_metrics(b[keep]), "final": quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))}
+    header = ["| name | overrides | steps | Δ above / below avg (last ¼) | implicit acc | counting reward (same seeds) | "
+              "counting acc | text reward | text exact | pixel change c / t |", "|---|---|---|---|---|---|---|---|---|---|"]
+    upsert_results("gpo_fixed_data", row, header, render)
+
+
+def render(r: dict) -> str:
+    c, t, f = r["same_seed"]["counting"], r["same_seed"]["text"], r["fit_last_quarter"]
+    return (f"| {r['name']} | {' '.join(r['overrides'])} | {r['steps']} | {f['delta_above']:.4f} / {f['delta_below']:.4f} | "
+            f"{f['implicit_accuracy']:.2f} | {c['reward'][0]:.3f} → {c['reward'][1]:.3f} | {c['accuracy'][0]:.3f} → "
+            f"{c['accuracy'][1]:.3f} | {t['reward'][0]:.3f} → {t['reward'][1]:.3f} | {t['accuracy'][0]:.3f} → "
+            f"{t['accuracy'][1]:.3f} | {c['pixel_change']:.3f} / {t['pixel_change']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
