@@ -9,6 +9,11 @@ denoiser as reference; LoRA (peft) uses the same network with adapters disabled.
 Memory features (params/gpo.yaml `train`): gradient checkpointing, bf16/fp16 autocast, prompt
 embeddings computed once per round (text encoders then leave the accelerator).
 
+Off by default (params/gpo.yaml `train`), measured in docs/gpo.md ("Does a GPO update reach the
+sampler?"): a winner anchor against likelihood displacement (`anchor`), an EMA of the iterates as the
+round's model (`ema_decay`), Δ at each member's own sampling noise (`noise: seed`) and Δ on the
+guided prediction (`guidance_scale`). Every step logs the mean Δ of the above- and below-average members.
+
 Across processes (`accelerate launch`): every rank walks the same shuffled steps; the groups of a
 step are dealt round-robin to the ranks (a group stays whole on one rank), and each group's timestep
 and noise come from a generator seeded by (step, slot in the step), so a group gets the same draws on
