@@ -3,11 +3,11 @@ the same prompts with the same seeds and score them again (a paired, same-seed c
 
 The groups are a round's `groups/` folder: by default the shipped base's own round-1 groups for 108
 train prompts (all 54 counting ones and 54 text ones; G = 8), made here on first use: the same prompts,
-seeds and images as round 1 of the H tuning run (`groups.prompts_per_round=108`). Every configuration trains the base on those same
-groups, so rows differ only by the knobs. The check regenerates members 0..M−1 of every group (M = 2:
+seeds and images as round 1 of the H tuning run (`groups.prompts_per_round=108`). Every configuration
+trains the base on those same groups, so rows differ only by the knobs. The check regenerates members 0..M−1 of every group (M = 2:
 216 images) with the trained model and compares reward and accuracy with the base's, image by image.
 A training step that cannot raise the reward of the very seeds it trained on will not raise held-out
-accuracy; `--heldout` adds the quick held-out evaluation of benchmarks/gpo_tuning.py as well.
+accuracy (for that, benchmarks/gpo_tuning.py).
 
     python benchmarks/gpo_fixed_data.py D0_default
     python benchmarks/gpo_fixed_data.py D5_seednoise train.noise=seed
@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gpo.calibrate import evaluate_model
 from gpo.cli import _load, _ws
 from gpo.generate import generate
 from gpo.groups import model_inputs
@@ -33,9 +32,8 @@ from gpo.model.adapters import load_any
 from gpo.prompts import read_prompts
 from gpo.train import groups_from_table, train_gpo
 
-from gpo_tuning import override, quick_metrics, upsert_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from gpo_tuning import override, upsert_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-RESULTS = Path(__file__).parent / "results"
 DATA = Path("data/fixed/base-round-1/groups")
 
 
@@ -77,7 +75,6 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="section.field=value on params/gpo.yaml")
     ap.add_argument("--data", type=Path, default=DATA, help="a round's groups/ folder (rewards.parquet + images)")
     ap.add_argument("--members", type=int, default=2, help="seeds per group in the same-seed check")
-    ap.add_argument("--heldout", action="store_true", help="also the quick held-out evaluation (8/2 seeds)")
     ap.add_argument("--out", type=Path, default=Path("data/fixed"))
     a = ap.parse_intermixed_args()
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
@@ -98,12 +95,6 @@ def main() -> None:
     row = {"name": a.name, "overrides": a.overrides, "groups": len(groups), "steps": len(log), "train_s": round(train_s),
            "fit_last_quarter": fit,
            "same_seed": same_seed_check(model, base, table, a.members, scorers, cfg.groups.steps, cfg.groups.guidance_scale)}
-    if a.heldout:
-        e = _load(Path("params"), "eval.yaml").eval.model_copy(update={"counting_seeds": 8, "text_seeds": 2, "heldout_word_seeds": 1})
-        evaluate_model(load_any(model), read_prompts(Path("data/prompts.jsonl")), scorers, e, folder / "eval", "final", progress=False)
-        b = pd.read_parquet("data/calibration/base_scores.parquet")
-        keep = ((b.task == "counting") & (b.seed < e.seed_offset + 8)) | ((b.task == "text") & (b.seed < e.seed_offset + 2))
-        row["heldout"] = {"base": quick_metrics(b[keep]), "final": quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))}
     header = ["| name | overrides | steps | Δ above / below avg (last ¼) | implicit acc | counting reward (same seeds) | "
               "counting acc | text reward | text exact | pixel change c / t |", "|---|---|---|---|---|---|---|---|---|---|"]
     upsert_results("gpo_fixed_data", row, header, render)
