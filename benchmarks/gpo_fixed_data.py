@@ -11,6 +11,13 @@ accuracy (for that, benchmarks/gpo_tuning.py).
 
     python benchmarks/gpo_fixed_data.py D0_default
     python benchmarks/gpo_fixed_data.py D5_seednoise train.noise=seed
+    python benchmarks/gpo_fixed_data.py C2_gt_sft --control ground-truth-sft train.lr=1e-4 ...
+
+Controls (`--control`, same trainer path, data, steps and check; only the loss or the images differ):
+- winners-sft: no preference term; the advantage-weighted denoising loss of the above-average members
+  (`anchor_term` kind sft alone: reward-weighted SFT on the model's own best samples, RAFT-style).
+- ground-truth-sft: the plain denoising loss on *rendered ground truth* of each group's prompt instead
+  of the generated images (perfect supervision): what fine-tuning at these settings does by itself.
 
 Appends a row to benchmarks/results/gpo_fixed_data.json and rewrites gpo_fixed_data.md.
 """
@@ -24,13 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
+import gpo.train
 from gpo.cli import _load, _ws
 from gpo.generate import generate
 from gpo.groups import model_inputs
+from gpo.loss import LossOut, anchor_term, group_advantages, has_spread
 from gpo.model.adapters import load_any
 from gpo.prompts import read_prompts
 from gpo.train import groups_from_table, train_gpo
+from gpo.world.dataset import spec, to_tensor
+from gpo.world.render import render as render_truth
 
 from gpo_tuning import override, upsert_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -49,6 +61,28 @@ def base_groups(folder: Path, base: Path, scorers) -> None:
     rd = RoundDir(folder.parent)
     step_generate(1, base, rd, prompts, cfg, progress=False)
     step_score(rd, scorers)
+
+
+def winners_sft_loss(delta, rewards, beta, *_, **__) -> LossOut:
+    """Control: (β/2)·Σ A_i⁺ Δ_i / G per group with spread, no preference term (the reference term of Δ
+    carries no gradient, so this is the policy's denoising loss on the above-average members, advantage-weighted)."""
+    keep = has_spread(rewards)
+    per = anchor_term(delta, group_advantages(rewards.detach().to(delta.dtype)), beta, "sft")
+    zero = torch.tensor(0.0)
+    return LossOut(per[keep].mean() if keep.any() else delta.sum() * 0, zero, zero, int(keep.sum()))
+
+
+def plain_sft_loss(delta, rewards, beta, *_, **__) -> LossOut:
+    """Control: (β/2)·mean Δ over every member: the plain denoising loss (the reference term has no gradient)."""
+    zero = torch.tensor(0.0)
+    return LossOut((beta / 2) * delta.mean(), zero, zero, delta.shape[0])
+
+
+def ground_truth(table: pd.DataFrame) -> torch.Tensor:
+    """A rendered ground-truth image of each row's prompt (render seed 10⁷ + image seed), in table order."""
+    by_text = {p.text: p for p in read_prompts(Path("data/prompts.jsonl"))}
+    sp = spec(_load(Path("params"), "world.yaml").render)
+    return to_tensor([render_truth(by_text[t], 10_000_000 + int(s), sp).image for t, s in zip(table.prompt, table.seed)])
 
 
 def same_seed_check(model: Path, base: Path, table: pd.DataFrame, members: int, scorers, steps: int,
@@ -76,6 +110,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="a round's groups/ folder (rewards.parquet + images)")
     ap.add_argument("--members", type=int, default=2, help="seeds per group in the same-seed check")
     ap.add_argument("--out", type=Path, default=Path("data/fixed"))
+    ap.add_argument("--control", choices=["winners-sft", "ground-truth-sft"], default=None,
+                    help="replace the GPO loss by a control (module docstring)")
     a = ap.parse_intermixed_args()
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
     base = Path(_load(Path("params"), "models.yaml").base)
@@ -84,7 +120,10 @@ def main() -> None:
         base_groups(a.data, base, scorers)
     table = pd.read_parquet(a.data / "rewards.parquet")
     pipe = load_any(base)
-    groups = groups_from_table(table, x0=model_inputs(table, a.data, pipe.encode_images))
+    x0 = ground_truth(table) if a.control == "ground-truth-sft" else model_inputs(table, a.data, pipe.encode_images)
+    groups = groups_from_table(table, x0=x0)
+    if a.control:  # the trainer's loss, swapped for this process only (a benchmark, not a training option)
+        gpo.train.gpo_loss = winners_sft_loss if a.control == "winners-sft" else plain_sft_loss
     folder = a.out / a.name
     t0 = time.time()
     model = train_gpo(pipe, groups, cfg.train, folder / "train", progress=False)
@@ -92,7 +131,7 @@ def main() -> None:
     log = json.loads((folder / "train" / "train_log.json").read_text())
     tail = log[-max(1, len(log) // 4):]  # the last quarter of the steps
     fit = {k: round(sum(r[k] for r in tail) / len(tail), 6) for k in ("loss", "implicit_accuracy", "delta_above", "delta_below")}
-    row = {"name": a.name, "overrides": a.overrides, "groups": len(groups), "steps": len(log), "train_s": round(train_s),
+    row = {"name": a.name, "overrides": a.overrides + ([f"--control {a.control}"] if a.control else []), "groups": len(groups), "steps": len(log), "train_s": round(train_s),
            "fit_last_quarter": fit,
            "same_seed": same_seed_check(model, base, table, a.members, scorers, cfg.groups.steps, cfg.groups.guidance_scale)}
     header = ["| name | overrides | steps | Δ above / below avg (last ¼) | implicit acc | counting reward (same seeds) | "
