@@ -9,7 +9,7 @@ from typing import Protocol, Sequence
 import pandas as pd
 from PIL import Image
 
-from gpo.metrics import accuracy, mean_interval
+from gpo.metrics import accuracy, mean_interval, pass_at_k_curve
 from gpo.prompts import Prompt
 from gpo.errors import GpoError
 from gpo.rewards.arith import Score, failed_score
@@ -83,6 +83,9 @@ def score_table(prompts: Sequence[Prompt], seeds: Sequence[int], scores: Sequenc
     } for p, seed, s in zip(prompts, seeds, scores)])
 
 
+PASS_KS = (1, 2, 4, 8, 16)
+
+
 def summarize(table: pd.DataFrame) -> dict:
     """Metrics per task and split: counting accuracy (+ per requested count), OCR accuracy, mean reward."""
     out: dict = {}
@@ -95,6 +98,9 @@ def summarize(table: pd.DataFrame) -> dict:
         if task == "counting":
             entry["accuracy_by_count"] = {int(c): accuracy(r["correct"]).as_dict()
                                           for c, r in rows.groupby("count", sort=True)}
+        # headroom: share of prompts with at least one correct image among k (k up to each prompt's seeds)
+        entry["pass_at_k"] = {str(k): round(v, 4) for k, v in pass_at_k_curve(
+            (r["correct"] for _, r in rows.groupby("prompt", sort=True)), PASS_KS).items()}
         out[key] = entry
     return out
 
@@ -119,6 +125,8 @@ def markdown(summary: dict, title: str) -> str:
             lines.append(f"| {key} | {label} | {e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}] | {e['n']} |")
         for c, e in entry.get("accuracy_by_count", {}).items():
             lines.append(f"| {key} | accuracy, count={c} | {e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}] | {e['n']} |")
+        for k, v in entry.get("pass_at_k", {}).items():
+            lines.append(f"| {key} | pass@{k} (prompts with ≥ 1 of {k} right) | {v:.3f} | |")
     return "\n".join(lines) + "\n"
 
 

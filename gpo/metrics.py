@@ -56,3 +56,22 @@ def mean_interval(values: Iterable[float], z: float = Z95) -> Estimate:
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
     half = z * sd / math.sqrt(n)
     return Estimate(m, m - half, m + half, n)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 − C(n−c, k)/C(n, k), the chance that at least
+    one of k samples drawn without replacement is correct (Chen et al. 2021)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_at_k_curve(correct_by_prompt: Iterable[Iterable[bool]], ks: Iterable[int]) -> dict[int, float]:
+    """Mean pass@k over prompts for each k, each prompt with its own samples (k up to the fewest)."""
+    groups = [[bool(x) for x in g] for g in correct_by_prompt]
+    if not groups:
+        raise ValueError("pass@k of no prompts")
+    fewest = min(len(g) for g in groups)
+    return {k: sum(pass_at_k(len(g), sum(g), k) for g in groups) / len(groups) for k in ks if 1 <= k <= fewest}

@@ -204,8 +204,9 @@ class GroupParams(SamplingParams):
 class TrainParams(Strict):
     arm: Literal["gpo", "dpo", "dpo-random", "group-unweighted", "dgpo"] = Field(
         "gpo", description="loss: gpo (default) or an ablation arm of docs/GPO.md")
-    beta: float = Field(5000.0, gt=0, description="β on the per-element mean squared error; higher = stay closer to ref "
-                        "(5000: the least held-out damage in benchmarks/results/gpo_tuning.md)")
+    beta: float = Field(5000.0, gt=0, description="β on the per-element mean squared error: where the sigmoid "
+                        "saturates, i.e. how far a pair may be pushed, (β/2)·|Δ_i − Δ_j| ≈ 1, before it stops pulling; "
+                        "under AdamW the size of a step is set by lr, not by β")
     anchor: float = Field(0.0, ge=0, description="weight of the winner anchor added to the loss (0 = the plain "
                           "loss of docs/GPO.md; see gpo/loss.py anchor_term)")
     anchor_kind: Literal["dpop", "sft"] = Field("dpop", description="dpop: pull back winners the policy explains "
@@ -216,7 +217,9 @@ class TrainParams(Strict):
                                   ">1 = Δ on the guided prediction uncond + w·(cond − uncond), what the sampler follows")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights over the optimizer steps, started "
                              "at the reference; the round's model is the EMA (0 = off, the last iterate)")
-    lr: float = Field(2e-5, gt=0, description="AdamW learning rate")
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate: the size of an update")
+    draws: int = Field(1, ge=1, description="K: (timestep, noise) draws per group per step, each shared by the "
+                       "whole group, losses averaged (1 = one draw, the noisiest estimate; DGPO trains 4)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm")
     epochs: int = Field(4, ge=1, description="passes over the round's groups")

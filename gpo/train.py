@@ -111,10 +111,14 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
     `embeds`: the prompt's (states, pooled) when precomputed; `acc`: autocast and (fp16) loss scaling."""
     kind = pipe.parameterization
     device = next(policy.parameters()).device
-    G = group.x0.shape[0]
-    # draws on the CPU from `gen`: the same timestep and noise on any device and any rank
-    t1 = sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction).to(device)
-    noise1 = torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen).to(device)
+    G, K = group.x0.shape[0], p.draws
+    # K draws of (t, ε) on the CPU from `gen`, each shared by the whole group: the same draws on any
+    # device and any rank; the group's loss is the mean of its K per-draw losses
+    draws_t, draws_noise = [], []
+    for _ in range(K):
+        draws_t.append(sample_timesteps(kind, 1, gen, min_fraction=p.timestep_min_fraction))
+        draws_noise.append(torch.randn((1,) + tuple(group.x0.shape[1:]), generator=gen))
+    t_all, noise_all = torch.cat(draws_t).to(device), torch.cat(draws_noise)
     member_noise = None
     if p.noise == "seed":  # each member noised with its own starting noise (near its own ODE trajectory)
         if not hasattr(pipe, "initial_noise") or group.seeds is None:
@@ -134,14 +138,16 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
         u_states1, u_pooled1 = (None if e is None else e.to(device) for e in uncond_embeds)
     autocast = acc.autocast if acc is not None else nullcontext
     backward = acc.backward if acc is not None else torch.Tensor.backward
-    # every tensor of size G·(sample) is built per micro-batch, so memory does not grow with G
-    slices = [slice(i, i + p.micro_batch) for i in range(0, G, p.micro_batch)]
+    # the K·G (draw, member) pairs in draw-major order, built per micro-batch so memory does not grow with G·K
+    slices = [slice(i, min(i + p.micro_batch, K * G)) for i in range(0, K * G, p.micro_batch)]
 
     def err(sl: slice, grad: bool, reference: bool = False) -> torch.Tensor:
-        x0 = group.x0[sl].to(device)
+        flat = torch.arange(sl.start, sl.stop)
+        draw, member = flat // G, flat % G
+        x0 = group.x0[member].to(device)
         n = x0.shape[0]
-        t = t1.expand(n)
-        noise = noise1.expand_as(x0) if member_noise is None else member_noise[sl]
+        t = t_all[draw.to(device)]
+        noise = noise_all[draw].to(device) if member_noise is None else member_noise[member.to(device)]
         x_t, target = noisy_and_target(kind, x0, noise, t, alphas)
         states = states1.expand(n, -1, -1)
         pooled = pooled1.expand(n, -1) if pooled1 is not None else None
@@ -162,22 +168,23 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
 
     ref_err = torch.cat([err(sl, False, reference=True) for sl in slices])
     rewards = group.rewards.to(device)
+    rows = rewards[None].expand(K, G)  # draw k's Δ row is scored against the same rewards
     if len(slices) == 1:
         delta = err(slices[0], True) - ref_err
-        out = gpo_loss(delta[None], rewards[None], p.beta, p.arm, generator=gen, anchor=p.anchor, anchor_kind=p.anchor_kind)
+        out = gpo_loss(delta.view(K, G), rows, p.beta, p.arm, generator=gen, anchor=p.anchor, anchor_kind=p.anchor_kind)
         backward(out.loss * scale)
         delta0 = delta.detach()
     else:
         with torch.no_grad():
             delta0 = torch.cat([err(sl, False) for sl in slices]) - ref_err
         leaf = delta0.clone().requires_grad_(True)
-        out = gpo_loss(leaf[None], rewards[None], p.beta, p.arm, generator=gen, anchor=p.anchor, anchor_kind=p.anchor_kind)
+        out = gpo_loss(leaf.view(K, G), rows, p.beta, p.arm, generator=gen, anchor=p.anchor, anchor_kind=p.anchor_kind)
         (dL,) = torch.autograd.grad(out.loss, leaf)
         for sl in slices:
             backward((err(sl, True) * dL[sl] * scale).sum())
     # Δ of the above- and below-average members: both rising = the policy fits every sample worse than
     # the reference (Diffusion-DPO's likelihood displacement), the margin between them being the signal
-    above, below = rewards > rewards.mean(), rewards < rewards.mean()
+    above, below = (rewards > rewards.mean()).repeat(K), (rewards < rewards.mean()).repeat(K)
     return {"loss": out.loss.item(), "implicit_accuracy": float(out.implicit_accuracy),
             "reward_margin": float(out.reward_margin),
             "delta_above": float(delta0[above].mean()) if above.any() else 0.0,

@@ -74,3 +74,16 @@ def test_mean_interval_hand_computed():
     e = mean_interval([0.0, 1.0, 0.5, 0.5])  # mean 0.5, sd = sqrt(0.5/3) = 0.40825, se = 0.20412
     assert e.value == 0.5 and round(e.high - e.value, 4) == round(1.959964 * 0.204124, 4)
     assert mean_interval([0.3]).low == 0.3
+
+
+def test_pass_at_k_hand_computed():
+    from gpo.metrics import pass_at_k, pass_at_k_curve
+
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 − C(3,2)/C(4,2)
+    assert pass_at_k(3, 1, 1) == pytest.approx(1 / 3)  # pass@1 = the share right
+    assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)  # 1 − C(6,4)/C(8,4)
+    assert pass_at_k(5, 0, 5) == 0.0 and pass_at_k(5, 5, 1) == 1.0 and pass_at_k(5, 2, 4) == 1.0
+    curve = pass_at_k_curve([[True, False], [False, False], [True, True]], ks=(1, 2, 4))
+    assert curve == {1: pytest.approx((0.5 + 0 + 1) / 3), 2: pytest.approx((1 + 0 + 1) / 3)}  # k=4 > 2 samples: left out
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)

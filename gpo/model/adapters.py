@@ -24,6 +24,7 @@ from PIL import Image
 
 from gpo.errors import GpoError
 from gpo.model.pipeline import images_to_tensor
+from gpo.model.sampler import unclipped
 
 # model_index.json `_class_name` -> family; the embedded pipeline is `TinyT2IPipeline`
 FAMILIES = {"TinyT2IPipeline": "embedded", "StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
@@ -40,6 +41,7 @@ class DiffusersBackbone:
             raise GpoError(f"unsupported pipeline class {type(pipe).__name__}", field="models.family",
                            fix="use a StableDiffusion, StableDiffusionXL or StableDiffusion3 pipeline folder")
         self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.scheduler = unclipped(self.pipe.scheduler)  # the sampler trap, gpo/model/sampler.py
 
     # --- the trainer's interface --------------------------------------------------------------------
     @property

@@ -10,6 +10,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from gpo.errors import GpoError
 from gpo.model.pipeline import TinyT2IPipeline
+from gpo.model.sampler import unclipped
 from gpo.model.tokenizer import build_char_tokenizer
 from gpo.params import ModelParams
 
@@ -32,8 +33,9 @@ def build_pipeline(p: ModelParams, seed: int = 0) -> TinyT2IPipeline:
             up_block_types=("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",),
             cross_attention_dim=p.text_width, attention_head_dim=p.attention_head_dim,
             norm_num_groups=8)
+        # no x0 clipping: under CFG it keeps a mismatched noise estimate and the sample drifts (gpo/model/sampler.py)
         scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                                  prediction_type=p.prediction_type, clip_sample=True, set_alpha_to_one=True,
+                                  prediction_type=p.prediction_type, clip_sample=False, set_alpha_to_one=True,
                                   timestep_spacing="trailing")
     else:
         denoiser = SD3Transformer2DModel(
@@ -58,6 +60,7 @@ def load_pipeline(path: str | Path) -> TinyT2IPipeline:
         raise GpoError(f"cannot load pipeline: {err}", file=str(path),
                        fix="re-create it with `gpo pretrain`; only safetensors weights are accepted") from None
     pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = unclipped(pipe.scheduler)
     return pipe
 
 
