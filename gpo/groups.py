@@ -29,7 +29,9 @@ from gpo.resume import digest, resume_or_reset, weights_digest
 
 
 def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> list[Prompt]:
-    """`n` train prompts for a round, half counting and half text where both exist, seeded by round."""
+    """`n` train prompts for a batch of groups, half counting and half text where both exist, seeded by the
+    batch index. Counting prompts are spread evenly over the requested counts (a small batch of random
+    prompts drifts, e.g. toward "draw fewer", when it happens to hold mostly large counts)."""
     rng = random.Random(seed * 7919 + round_index)
     by_task = {t: [p for p in prompts if p.task == t and p.split == "train"] for t in ("counting", "text")}
     tasks = [t for t, ps in by_task.items() if ps]
@@ -37,7 +39,24 @@ def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> 
     for i, task in enumerate(tasks):
         k = n // len(tasks) + (1 if i < n % len(tasks) else 0)
         pool = by_task[task]
-        chosen += rng.sample(pool, min(k, len(pool)))
+        chosen += balanced_sample(pool, min(k, len(pool)), rng) if task == "counting" else rng.sample(pool, min(k, len(pool)))
+    return chosen
+
+
+def balanced_sample(pool: list[Prompt], k: int, rng: random.Random) -> list[Prompt]:
+    """k prompts with the requested counts as even as k allows (counts in random order, then prompts)."""
+    by_count: dict[int, list[Prompt]] = {}
+    for p in pool:
+        by_count.setdefault(int(p.count or 0), []).append(p)
+    for ps in by_count.values():
+        rng.shuffle(ps)
+    counts = sorted(by_count)
+    rng.shuffle(counts)
+    chosen: list[Prompt] = []
+    while len(chosen) < k:
+        for c in counts:
+            if by_count[c] and len(chosen) < k:
+                chosen.append(by_count[c].pop())
     return chosen
 
 

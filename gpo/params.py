@@ -194,8 +194,13 @@ class ModelsFile(Strict):
 # --- gpo.yaml -------------------------------------------------------------------------------------
 class GroupParams(SamplingParams):
     group_size: int = Field(8, ge=2, description="G: images per prompt (one group)")
-    prompts_per_round: int = Field(40, ge=1, description="train prompts drawn per round (half counting, half text)")
-    seed: int = Field(0, description="base seed: image seed = seed + 1_000_000·round + 1000·prompt index + member")
+    prompts_per_round: int = Field(40, ge=1, description="train prompts drawn per iteration (half counting, half "
+                                   "text; counting prompts spread evenly over the requested counts)")
+    iterations: int = Field(1, ge=1, description="semi-online: generate → score → train this many times per round, "
+                            "each iteration on fresh prompts from the previous one's weights (1 = offline: one "
+                            "batch of groups a round); evaluation and promotion stay once per round")
+    seed: int = Field(0, description="base seed: image seed = seed + 1_000_000·i + 1000·prompt index + member, "
+                      "i = (round − 1)·iterations + iteration (a chain's i-th batch of groups)")
     keep_latents: bool = Field(False, description="VAE pipelines (sd, sdxl, sd3): also save each image's sampled "
                                "latents (<seed>.latents.safetensors beside its PNG) so training uses them instead "
                                "of re-encoding the PNG with the VAE")

@@ -43,9 +43,19 @@ STEPS = ("generate", "score", "train", "evaluate")
 
 @dataclass(frozen=True)
 class RoundDir:
-    """The files of one round folder."""
+    """The files of one round folder. A semi-online round (groups.iterations = N > 1) keeps each
+    iteration's groups and training in `iter-J/` (a RoundDir of its own); its model is the last one's."""
 
     root: Path
+    iterations: int = 1
+
+    def iteration(self, j: int) -> "RoundDir":
+        return RoundDir(self.root / f"iter-{j}")
+
+    @property
+    def parts(self) -> list["RoundDir"]:
+        """Where the round's groups and training live: itself, or its iterations in order."""
+        return [self] if self.iterations == 1 else [self.iteration(j) for j in range(1, self.iterations + 1)]
 
     @property
     def groups(self) -> Path:
@@ -65,6 +75,8 @@ class RoundDir:
 
     @property
     def model(self) -> Path:
+        if self.iterations > 1:
+            return self.iteration(self.iterations).model
         return self.train / "pipeline"
 
     @property
@@ -89,12 +101,19 @@ class RoundDir:
                 "train": self.train / "train.json", "evaluate": self.eval / "evaluate.json"}[step]
 
     def seconds(self) -> dict[str, float]:
-        out = {}
+        """Seconds per step; generate, score and train summed over a semi-online round's iterations."""
+        out: dict[str, float] = {}
         for step in STEPS:
-            f = self.seconds_file(step)
-            if f.exists():
-                out[step] = json.loads(f.read_text())["seconds"]
+            for part in (self.parts if step != "evaluate" else [self]):
+                f = part.seconds_file(step)
+                if f.exists():
+                    out[step] = round(out.get(step, 0.0) + json.loads(f.read_text())["seconds"], 2)
         return out
+
+    def all_rewards(self) -> pd.DataFrame | None:
+        """The reward tables of the round's groups (every iteration's, in order), or None before scoring."""
+        tables = [pd.read_parquet(part.rewards) for part in self.parts if part.rewards.exists()]
+        return pd.concat(tables, ignore_index=True) if tables else None
 
 
 def _timed(rd: RoundDir, step: str, t0: float, **extra) -> None:
@@ -186,9 +205,9 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
     metrics["headline"] = round(headline(summary), 4)
     atomic_write_json(rd.metrics, metrics)
     _timed(rd, "evaluate", t0)
-    rewards = pd.read_parquet(rd.rewards) if rd.rewards.exists() else None
-    record = {"round": index, "model_in": json.loads(rd.seconds_file("generate").read_text())["start_model"]
-              if rd.seconds_file("generate").exists() else None,
+    rewards = rd.all_rewards()
+    first = rd.parts[0].seconds_file("generate")
+    record = {"round": index, "model_in": json.loads(first.read_text())["start_model"] if first.exists() else None,
               "model_out": portable(rd.model), "seconds": rd.seconds(), "metrics": metrics, "headline": headline(summary),
               "decision": decision.to_dict(), "previous_champion_round": prev_champion["round"]}
     if rewards is not None:
@@ -231,23 +250,34 @@ class Improvement:
     seconds: dict[str, float]
 
 
+def batch_index(index: int, iteration: int, iterations: int) -> int:
+    """The chain's batch of groups that iteration `iteration` (1-based) of round `index` is: it picks the
+    prompts and seeds, so R rounds of N iterations draw what R·N one-iteration rounds would."""
+    return (index - 1) * iterations + iteration
+
+
 def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg: GpoFile, scorers: Scorers,
             progress: bool = True) -> Improvement:
-    """Generate, score, train: a round without its evaluation. Steps whose files are complete are kept
-    (a trained model with its train.json; a reward table), so a re-run resumes where it stopped."""
-    rd = RoundDir(Path(folder))
-    if not (rd.model / "model_index.json").exists() or not rd.seconds_file("train").exists():
-        if not rd.rewards.exists():
-            step_generate(index, model_in, rd, prompts, cfg, progress)
-            step_score(rd, scorers)
-        step_train(model_in, rd, cfg, progress)
-    return Improvement(rd.model, pd.read_parquet(rd.rewards), rd.seconds())
+    """Generate, score, train: a round without its evaluation; semi-online (groups.iterations = N > 1)
+    N times, each iteration from the previous one's model, which is also its reference. Steps whose files
+    are complete are kept (a trained model with its train.json; a reward table), so a re-run resumes
+    where it stopped, inside an iteration too."""
+    rd = RoundDir(Path(folder), cfg.groups.iterations)
+    model = model_in
+    for j, part in enumerate(rd.parts, start=1):
+        if not (part.model / "model_index.json").exists() or not part.seconds_file("train").exists():
+            if not part.rewards.exists():
+                step_generate(batch_index(index, j, rd.iterations), model, part, prompts, cfg, progress)
+                step_score(part, scorers)
+            step_train(model, part, cfg, progress)
+        model = part.model
+    return Improvement(rd.model, rd.all_rewards(), rd.seconds())
 
 
 def run_round(index: int, prev_champion: dict, folder: Path, prompts: list[Prompt], cfg: GpoFile, e: EvalParams,
               scorers: Scorers, z: float, progress: bool = True, tracker=None) -> dict:
     """All four steps from the previous champion; a finished round (champion.json) is read back."""
-    rd = RoundDir(Path(folder))
+    rd = RoundDir(Path(folder), cfg.groups.iterations)
     if rd.champion.exists() and rd.record.exists():
         return read_champion(rd.champion)
     improve(index, local(prev_champion["model"]), rd.root, prompts, cfg, scorers, progress)

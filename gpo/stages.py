@@ -117,6 +117,12 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
                        fix="pass 1 or more")
     rd = RoundDir(ws.rounds / f"round-{index}")
     cfg = ws.load("gpo.yaml")
+    if cfg.groups.iterations > 1:
+        raise GpoError("the DVC stages run one generate → score → train iteration per round; semi-online rounds "
+                       "run in one process", file=str(ws.params / "gpo.yaml"), field="groups.iterations",
+                       value=cfg.groups.iterations,
+                       fix="set groups.iterations: 1 for `dvc repro` / the Prefect flow, or run the semi-online "
+                           "chain with `gpo run --rounds N`")
     family = ws.load("models.yaml").family  # checked against every pipeline folder the round loads
     if step == "generate":
         start = local(start_champion(ws, index)["model"])

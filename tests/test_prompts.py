@@ -104,3 +104,20 @@ def test_an_empty_prompt_file_is_one_clear_error(tmp_path):
     with pytest.raises(GpoError, match="holds no prompts") as err:
         P.read_prompts(path)
     assert str(path) in str(err.value) and "gpo prompts" in str(err.value)
+
+
+def test_round_prompts_spread_counting_evenly_over_counts():
+    from collections import Counter
+
+    from gpo.groups import pick_prompts
+    from gpo.params import PromptParams
+    from gpo.world.dataset import build_prompts
+
+    prompts = build_prompts(PromptParams())
+    for batch in range(1, 6):
+        chosen = pick_prompts(prompts, 16, batch, seed=0)  # 8 counting prompts over counts 1..6
+        counts = Counter(p.count for p in chosen if p.task == "counting")
+        assert sum(counts.values()) == 8 and set(counts) == {1, 2, 3, 4, 5, 6} and max(counts.values()) == 2
+        assert len({p.text for p in chosen}) == 16 and all(p.split == "train" for p in chosen)
+    assert pick_prompts(prompts, 16, 1, 0) == pick_prompts(prompts, 16, 1, 0)
+    assert pick_prompts(prompts, 16, 1, 0) != pick_prompts(prompts, 16, 2, 0)

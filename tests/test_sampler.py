@@ -1,0 +1,77 @@
+"""The sampler trap (gpo/model/sampler.py): no x0 clipping under guidance, and on the shipped base more
+sampler steps do not make held-out rewards worse. The same check on the clipping scheduler fails."""
+
+import json
+
+import numpy as np
+import pytest
+from diffusers import DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler
+
+from gpo.evaluate import Scorers
+from gpo.generate import generate
+from gpo.model.build import build_pipeline, load_pipeline
+from gpo.model.sampler import clipping, unclipped
+from gpo.params import ModelParams
+from gpo.prompts import Prompt
+
+TOLERANCE = 0.05  # mean reward may fall by at most this much from 10 to 20 steps (paired, same seeds)
+
+
+def test_shipped_and_built_schedulers_clip_nothing(root):
+    cfg = json.loads((root / "release" / "base" / "scheduler" / "scheduler_config.json").read_text())
+    assert cfg["clip_sample"] is False and cfg["thresholding"] is False
+    assert clipping(load_pipeline(root / "release" / "base").scheduler) == []
+    assert clipping(build_pipeline(ModelParams()).scheduler) == []
+
+
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
+def test_unclipped_turns_clipping_and_thresholding_off(cls):
+    s = cls(clip_sample=True, thresholding=True, prediction_type="v_prediction")
+    assert clipping(s) == ["clip_sample", "thresholding"]
+    fixed = unclipped(s)
+    assert clipping(fixed) == [] and fixed.config.prediction_type == "v_prediction"
+    plain = EulerDiscreteScheduler()
+    assert unclipped(plain) is plain  # nothing to fix: the same object
+
+
+def test_a_loaded_pipeline_with_a_clipping_scheduler_is_unclipped(tmp_path):
+    pipe = build_pipeline(ModelParams(text_width=16, text_layers=1, unet_channels=[16, 32]))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
+    pipe.save_pretrained(tmp_path / "clipping")
+    assert json.loads((tmp_path / "clipping" / "scheduler" / "scheduler_config.json").read_text())["clip_sample"]
+    assert clipping(load_pipeline(tmp_path / "clipping").scheduler) == []
+
+
+def _sample(root) -> tuple[list[Prompt], list[int]]:
+    from gpo.params import WorldParams, load
+    from gpo.world.dataset import build_prompts
+
+    prompts = build_prompts(load(root / "params" / "world.yaml", WorldParams).prompts)  # what `gpo prompts` curates
+    counting = [p for p in prompts if p.task == "counting" and p.split == "heldout"]
+    text = [p for p in prompts if p.task == "text" and p.split == "heldout"][:18]
+    plan = [(p, 10_000 + j) for p in counting + text for j in range(2)]
+    return [p for p, _ in plan], [s for _, s in plan]
+
+
+def _rewards(pipe, scorers, prompts, seeds, steps) -> dict[str, float]:
+    images = generate(pipe, [p.text for p in prompts], seeds, steps=steps, guidance_scale=3.0, batch_size=72,
+                      progress=False)
+    r = np.array([s.reward for s in scorers.score(images, prompts)])
+    return {task: float(r[[p.task == task for p in prompts]].mean()) for task in ("counting", "text")}
+
+
+def _more_steps_hold(r10: dict, r20: dict) -> bool:
+    return all(r20[t] >= r10[t] - TOLERANCE for t in r10)
+
+
+@pytest.mark.slow
+def test_more_steps_do_not_lower_heldout_rewards(root, shipped_detector, ocr_reader):
+    scorers = Scorers(shipped_detector, ocr_reader)
+    prompts, seeds = _sample(root)  # 36 counting + 36 text images, the evaluation's first seeds
+    pipe = load_pipeline(root / "release" / "base")
+    r10, r20 = (_rewards(pipe, scorers, prompts, seeds, n) for n in (10, 20))
+    assert _more_steps_hold(r10, r20), (r10, r20)
+    # the trap, rebuilt on purpose: x0 clipping with the unclipped noise estimate fails the same check
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
+    c10, c20 = (_rewards(pipe, scorers, prompts, seeds, n) for n in (10, 20))
+    assert not _more_steps_hold(c10, c20), (c10, c20)
