@@ -163,8 +163,10 @@ class RewardsFile(Strict):
 
 # --- sampling, shared by eval.yaml and gpo.yaml ----------------------------------------------------
 class SamplingParams(Strict):
-    steps: int = Field(10, ge=1, description="sampler steps (10 DDIM steps beat 20 on the shipped base: see docs/world.md)")
-    guidance_scale: float = Field(3.0, ge=1, description="classifier-free guidance scale")
+    steps: int = Field(10, ge=1, description="sampler steps: DDIM without x0 clipping, so more steps do not drift "
+                       "(benchmarks/results/sampler_sweep.md: 20 steps at twice the cost, inside the intervals of 10)")
+    guidance_scale: float = Field(2.0, ge=1, description="classifier-free guidance scale (2: the best held-out counting "
+                                  "of the sweep, text level with 3; 4.5 over-draws)")
     batch_size: int = Field(64, ge=1, description="images generated per forward pass")
 
 
@@ -223,6 +225,9 @@ class TrainParams(Strict):
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights over the optimizer steps, started "
                              "at the reference; the round's model is the EMA (0 = off, the last iterate)")
     lr: float = Field(2e-5, gt=0, description="AdamW learning rate: the size of an update")
+    exact_weight: float = Field(0.0, ge=0, le=1, description="training reward = (1 − w)·graded + w·[exactly right] "
+                                "(0 = GPO.md's graded reward; > 0 pays for the exact count or word over near "
+                                "misses); held-out metrics always use the graded reward")
     draws: int = Field(1, ge=1, description="K: (timestep, noise) draws per group per step, each shared by the "
                        "whole group, losses averaged (1 = one draw, the noisiest estimate; DGPO trains 4)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")

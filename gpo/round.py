@@ -166,7 +166,8 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
     state.wait_for_everyone()
     n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
     # x0: the sampler's kept latents where groups.keep_latents saved them, else the encoded PNGs
-    groups = groups_from_table(rewards, x0=model_inputs(rewards, rd.groups, pipe.encode_images))
+    groups = groups_from_table(rewards, x0=model_inputs(rewards, rd.groups, pipe.encode_images),
+                               exact_weight=cfg.train.exact_weight)
     model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn)
     _timed(rd, "train", t0, n_groups=len(groups), n_dropped=n_dropped)
     return model

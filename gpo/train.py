@@ -45,6 +45,7 @@ from gpo.loss import gpo_loss
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.model.targets import noisy_and_target, sample_timesteps
 from gpo.params import TrainParams
+from gpo.rewards.arith import shaped_reward
 from gpo.world.dataset import to_tensor
 
 
@@ -56,11 +57,12 @@ class Group:
     seeds: list[int] | None = None  # each member's sampling seed (train.noise = seed)
 
 
-def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0: torch.Tensor | None = None
-                      ) -> list[Group]:
+def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0: torch.Tensor | None = None,
+                      exact_weight: float = 0.0) -> list[Group]:
     """Groups with spread (dropped groups carry no signal) from a rewards table and its images;
     `encode` maps images to model space (pixels here, VAE latents for real pipelines). Or pass `x0`,
-    the model-space samples in table order (e.g. kept latents: gpo/groups.py `model_inputs`)."""
+    the model-space samples in table order (e.g. kept latents: gpo/groups.py `model_inputs`).
+    `exact_weight` (train.exact_weight): the rewards trained on are `shaped_reward` of the table's."""
     x = x0 if x0 is not None else encode(list(images))
     out = []
     for gid, rows in table.groupby("group", sort=True):
@@ -68,7 +70,8 @@ def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0:
             continue
         rows = rows[rows["reward"].notna()]  # images the reward models failed on carry no reward
         idx = torch.as_tensor(rows.index.to_numpy().copy())  # pandas 3 hands out read-only arrays
-        out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(rows["reward"].to_numpy().copy(), dtype=torch.float32),
+        r = [shaped_reward(float(v), bool(c), exact_weight) for v, c in zip(rows["reward"], rows["correct"])]
+        out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(r, dtype=torch.float32),
                          [int(v) for v in rows["seed"]] if "seed" in rows else None))
     return out
 

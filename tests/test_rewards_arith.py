@@ -87,3 +87,13 @@ def test_pass_at_k_hand_computed():
     assert curve == {1: pytest.approx((0.5 + 0 + 1) / 3), 2: pytest.approx((1 + 0 + 1) / 3)}  # k=4 > 2 samples: left out
     with pytest.raises(ValueError):
         pass_at_k(3, 4, 1)
+
+
+def test_shaped_reward_hand_computed():
+    from gpo.rewards.arith import shaped_reward
+
+    assert shaped_reward(2 / 3, False, 0.0) == pytest.approx(2 / 3)  # w = 0: the graded reward
+    assert shaped_reward(2 / 3, False, 0.5) == pytest.approx(1 / 3)  # a near miss earns half as much
+    assert shaped_reward(1.0, True, 0.5) == 1.0 and shaped_reward(0.8, True, 1.0) == 1.0
+    with pytest.raises(ValueError):
+        shaped_reward(0.5, True, 1.5)

@@ -68,3 +68,12 @@ def ocr_reward(prediction: str, target: str) -> float:
 
 def ocr_score(prediction: str, target: str) -> Score:
     return Score(ocr_reward(prediction, target), normalize_text(target) in normalize_text(prediction), prediction)
+
+
+def shaped_reward(graded: float, correct: bool, exact_weight: float) -> float:
+    """The training reward: (1 − w)·graded + w·[exactly right]. w = 0 is the graded reward of GPO.md; w > 0
+    pays more for the exact count or word than for near misses, which partial credit lets a model farm
+    (common letters in any word, one object fewer). Metrics always use the graded reward."""
+    if not 0.0 <= exact_weight <= 1.0:
+        raise ValueError(f"exact_weight must be in [0, 1], got {exact_weight}")
+    return (1.0 - exact_weight) * graded + exact_weight * float(bool(correct))
