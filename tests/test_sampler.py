@@ -75,3 +75,16 @@ def test_more_steps_do_not_lower_heldout_rewards(root, shipped_detector, ocr_rea
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
     c10, c20 = (_rewards(pipe, scorers, prompts, seeds, n) for n in (10, 20))
     assert not _more_steps_hold(c10, c20), (c10, c20)
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_real_pipelines_load_unclipped(tmp_path, family):
+    """An SD / SDXL folder saved with a clipping DDIM (as some community pipelines are) samples unclipped."""
+    from gpo.model.adapters import load_any
+    from tests.tiny_pipelines import tiny_sd, tiny_sdxl
+
+    pipe = (tiny_sd if family == "sd" else tiny_sdxl)()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True, thresholding=True)
+    pipe.save_pretrained(tmp_path / family, safe_serialization=True)
+    loaded = load_any(tmp_path / family, family, device=None)
+    assert clipping(loaded.scheduler) == [] and isinstance(loaded.scheduler, DDIMScheduler)
