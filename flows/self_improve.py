@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import httpx
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.dvc_stage import dvc_subprocess, repro_stage
 from gpo.env import workspace
+from gpo.graph import write_graph
 from gpo.lock import workspace_lock
-from gpo.round import STEPS, rounds_markdown, rounds_table
+from gpo.round import rounds_markdown, rounds_table
 from gpo.stages import Workspace, apply_overrides
 
 # Retries where the failure can be transient (a killed worker, a full disk freed, an OCR/YOLO hiccup);
@@ -69,7 +71,7 @@ def _round_artifact(ws: Workspace, index: int) -> dict:
 def self_improve(rounds: Optional[int] = None, stop_when_no_improvement: bool = False,
                  overrides: Optional[dict[str, Any]] = None, push: bool = False,
                  workspace_dir: Optional[str] = None) -> list[dict]:
-    """Rounds of generate → score → train → evaluate, each starting from the champion so far.
+    """Rounds of generate → score → train (× groups.iterations) → evaluate, each from the champion so far.
 
     rounds: how many (default: those listed in params/run.yaml; more are added to it).
     stop_when_no_improvement: end after the first round whose model does not become champion.
@@ -92,11 +94,15 @@ def _rounds(ws: Workspace, root: Path, rounds: Optional[int], stop_when_no_impro
 
         P.save(ws.params / "run.yaml", run.with_rounds(n))
         print(f"params/run.yaml now lists rounds 1..{n}")
+    write_graph(ws.params)  # the DVC stage graph of these rounds and groups.iterations (gpo/graph.py)
+    iterations = yaml.safe_load((ws.params / "graph.yaml").read_text())["iterations"]
     for name in ("prompts", "calibrate", "base"):
         run_stage(name, root)
     for i in range(1, n + 1):
-        for step in STEPS:
-            run_stage(f"{step}@{i}", root)
+        for key in (k for k, it in iterations.items() if it["round"] == i):  # semi-online: i.1 … i.N in order
+            for step in ("generate", "score", "train"):
+                run_stage(f"{step}@{key}", root)
+        run_stage(f"evaluate@{i}", root)
         record = _round_artifact(ws, i)
         if push:
             dvc_subprocess(root, "push")

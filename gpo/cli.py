@@ -31,14 +31,22 @@ def _resolve(path: str | Path) -> Path:
 @app.command("params")
 def params_cmd(params: Path = ParamsOpt,
                write: bool = typer.Option(False, "--write", help="write missing files with commented defaults"),
-               overwrite: bool = typer.Option(False, "--overwrite", help="with --write: replace existing files")):
-    """Validate the params files (or write the commented defaults)."""
+               overwrite: bool = typer.Option(False, "--overwrite", help="with --write: replace existing files"),
+               sync: bool = typer.Option(False, "--sync", help="rewrite params/graph.yaml (the DVC stage graph) from "
+                                         "run.yaml and gpo.yaml, e.g. after editing groups.iterations by hand")):
+    """Validate the params files (or write the commented defaults) and the stage graph derived from them."""
+    from gpo.graph import check_graph, write_graph
+
     folder = _resolve(params)
     if write:
         for path in P.write_defaults(folder, overwrite=overwrite):
             typer.echo(f"wrote {path}")
     for name, obj in P.load_all(folder).items():
         typer.echo(f"{name}: ok ({len(obj.model_dump_json())} bytes of settings)")
+    if sync or write:
+        typer.echo(f"wrote {write_graph(folder)}")
+    check_graph(folder)
+    typer.echo("graph.yaml: ok (matches run.yaml rounds and gpo.yaml groups.iterations)")
 
 
 @app.command("prompts")
@@ -225,6 +233,8 @@ RoundsDirOpt = typer.Option(Path("data/rounds"), "--rounds-dir", help="folder of
 @app.command("stage")
 def stage_cmd(step: str = typer.Argument(..., help="base | generate | score | train | evaluate"),
               index: int = typer.Option(0, "--round", help="round number (>= 1; base is round 0)"),
+              iteration: int = typer.Option(1, "--iteration", help="generate, score, train: which of the round's "
+                                            "groups.iterations (1..N)"),
               params: Path = ParamsOpt, rounds_dir: Path = RoundsDirOpt,
               track: bool = typer.Option(True, help="log the round to MLflow and register its model (evaluate, base)")):
     """Run one stage of one round: what each DVC stage of dvc.yaml runs."""
@@ -232,7 +242,7 @@ def stage_cmd(step: str = typer.Argument(..., help="base | generate | score | tr
 
     ws = _ws(params)
     ws.rounds = _resolve(rounds_dir)
-    typer.echo(json.dumps(run_stage(step, index, ws, track=track)))
+    typer.echo(json.dumps(run_stage(step, index, ws, track=track, iteration=iteration)))
 
 
 @app.command("run")

@@ -411,8 +411,13 @@ def save(path: str | Path, obj: Strict) -> Path:
     from gpo.io import atomic_write_text
 
     path = Path(path)
-    return atomic_write_text(path, f"# {path.name}: written by gpo (`gpo params --write` makes the defaults); "
-                                   "edit values freely.\n" + commented_yaml(obj) + "\n")
+    out = atomic_write_text(path, f"# {path.name}: written by gpo (`gpo params --write` makes the defaults); "
+                                  "edit values freely.\n" + commented_yaml(obj) + "\n")
+    if isinstance(obj, (RunFile, GpoFile)) and (path.parent / "run.yaml").exists() and (path.parent / "gpo.yaml").exists():
+        from gpo.graph import write_graph
+
+        write_graph(path.parent)  # the DVC stage graph follows the rounds and groups.iterations it derives from
+    return out
 
 
 def write_defaults(folder: str | Path, overwrite: bool = False) -> list[Path]:

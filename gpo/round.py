@@ -110,10 +110,26 @@ class RoundDir:
                     out[step] = round(out.get(step, 0.0) + json.loads(f.read_text())["seconds"], 2)
         return out
 
+    def train_log(self) -> list[dict]:
+        """The round's optimizer steps in order (every iteration's, `step` counted across them; `iteration` set)."""
+        rows, offset = [], 0
+        for j, part in enumerate(self.parts, start=1):
+            log = part.train / "train_log.json"
+            steps = json.loads(log.read_text()) if log.exists() else []
+            rows += [{**r, "step": offset + r["step"], "iteration": j} for r in steps]
+            offset += len(steps)
+        return rows
+
     def all_rewards(self) -> pd.DataFrame | None:
         """The reward tables of the round's groups (every iteration's, in order), or None before scoring."""
         tables = [pd.read_parquet(part.rewards) for part in self.parts if part.rewards.exists()]
         return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def round_dir(root: Path) -> RoundDir:
+    """A finished round's folder, semi-online or not (its iter-J folders tell)."""
+    n = len(list(Path(root).glob("iter-*")))
+    return RoundDir(Path(root), max(1, n))
 
 
 def _timed(rd: RoundDir, step: str, t0: float, **extra) -> None:
@@ -360,8 +376,7 @@ def write_report(folder: Path, out: Path) -> str:
          "ocr_exact": r["metrics"]["text_heldout_accuracy"]} for r in rows])
     curve, offset = [], 0
     for r in rows[1:]:
-        log = Path(folder) / f"round-{r['round']}" / "train" / "train_log.json"
-        steps = json.loads(log.read_text()) if log.exists() else []
+        steps = round_dir(Path(folder) / f"round-{r['round']}").train_log()
         curve += [{"step": offset + s["step"], "round": r["round"], "loss": s["loss"],
                    "implicit_accuracy": s["implicit_accuracy"]} for s in steps]
         offset += len(steps)

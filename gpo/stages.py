@@ -16,8 +16,9 @@ from pathlib import Path
 from gpo import params as P
 from gpo.errors import GpoError
 from gpo.paths import local
-from gpo.round import (RoundDir, champion_entry, read_champion, step_base, step_evaluate, step_generate,
-                       step_score, step_train)
+from gpo.graph import check_graph, write_graph
+from gpo.round import (RoundDir, batch_index, champion_entry, read_champion, step_base, step_evaluate,
+                       step_generate, step_score, step_train)
 
 STAGES = ("base", "generate", "score", "train", "evaluate")
 _SCORERS: dict = {}  # Workspace.scorers: the loaded reward models, by settings
@@ -96,8 +97,9 @@ def start_champion(ws: Workspace, index: int, tracker=None) -> dict:
     return champion_entry(int(mv.tags.get("round", -1)), model, json.loads(summary_file.read_text()), version)
 
 
-def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track: bool = True) -> dict:
-    """Run one stage; returns a small JSON-able report."""
+def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track: bool = True,
+              iteration: int | None = None) -> dict:
+    """Run one stage (generate, score, train: of one iteration, default 1); returns a small JSON-able report."""
     if step not in STAGES:
         raise GpoError(f"unknown stage {step!r}", field="STEP", fix=f"one of {', '.join(STAGES)}")
     tracker = ws.tracker() if track and step in ("base", "evaluate") else None
@@ -115,26 +117,29 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
     if index < 1:
         raise GpoError("round numbers start at 1 (round 0 is the base stage)", field="--round", value=index,
                        fix="pass 1 or more")
-    rd = RoundDir(ws.rounds / f"round-{index}")
     cfg = ws.load("gpo.yaml")
-    if cfg.groups.iterations > 1:
-        raise GpoError("the DVC stages run one generate → score → train iteration per round; semi-online rounds "
-                       "run in one process", file=str(ws.params / "gpo.yaml"), field="groups.iterations",
-                       value=cfg.groups.iterations,
-                       fix="set groups.iterations: 1 for `dvc repro` / the Prefect flow, or run the semi-online "
-                           "chain with `gpo run --rounds N`")
+    n = cfg.groups.iterations
+    rd = RoundDir(ws.rounds / f"round-{index}", n)
+    check_graph(ws.params)  # the DVC graph was templated from these very params
     family = ws.load("models.yaml").family  # checked against every pipeline folder the round loads
-    if step == "generate":
-        start = local(start_champion(ws, index)["model"])
-        table = step_generate(index, start, rd, ws.prompt_table(), cfg, progress, family=family)
-        return {"round": index, "images": len(table), "start_model": str(start)}
-    if step == "score":
-        rewards = step_score(rd, ws.scorers())
-        return {"round": index, "mean_reward": float(rewards["reward"].mean()),
-                "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
-    if step == "train":
-        start = local(start_champion(ws, index)["model"])
-        return {"round": index, "model": str(step_train(start, rd, cfg, progress, family=family))}
+    if step in ("generate", "score", "train"):
+        j = iteration or 1
+        if not 1 <= j <= n:
+            raise GpoError(f"round {index} has {n} iteration(s)", field="--iteration", value=j,
+                           fix=f"pass 1..{n} (params/gpo.yaml groups.iterations)")
+        part = rd.parts[j - 1]
+        # iteration 1 starts from the champion; iteration J from iteration J−1's model (also its reference)
+        start = local(start_champion(ws, index)["model"]) if j == 1 else rd.parts[j - 2].model
+        report = {"round": index, "iteration": j}
+        if step == "generate":
+            table = step_generate(batch_index(index, j, n), start, part, ws.prompt_table(), cfg, progress,
+                                  family=family)
+            return {**report, "images": len(table), "start_model": str(start)}
+        if step == "score":
+            rewards = step_score(part, ws.scorers())
+            return {**report, "mean_reward": float(rewards["reward"].mean()),
+                    "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
+        return {**report, "model": str(step_train(start, part, cfg, progress, family=family))}
     prev = start_champion(ws, index, tracker)
     champion, decision = step_evaluate(index, rd, prev, ws.prompt_table(), ws.scorers(), ws.load("eval.yaml").eval,
                                        ws.load("run.yaml").promotion.z, progress, tracker, family=family)
@@ -153,6 +158,7 @@ def pin_next_round(ws: Workspace, version: int) -> str:
     rounds = dict(run.rounds)
     rounds[str(i)] = rounds[str(i)].model_copy(update={"start": str(version)})
     P.save(ws.params / "run.yaml", run.model_copy(update={"rounds": rounds}))
+    write_graph(ws.params)
     return str(i)
 
 

@@ -228,12 +228,10 @@ class Tracker:
                              "model_path": portable(model), KEY_TAG: key})
             fault_point("tracking:run-started")
             mlflow.log_params(self._params(index, record))
-            log = rd.train / "train_log.json"
-            if log.exists():
-                for row in json.loads(log.read_text()):
-                    mlflow.log_metrics({f"train/{k}": float(row[k]) for k in
-                                        ("loss", "implicit_accuracy", "reward_margin", "dropped_group_share")},
-                                       step=int(row["step"]))
+            for row in rd.train_log():  # every iteration's steps of a semi-online round, counted on
+                mlflow.log_metrics({f"train/{k}": float(row[k]) for k in
+                                    ("loss", "implicit_accuracy", "reward_margin", "dropped_group_share")},
+                                   step=int(row["step"]))
             mlflow.log_metrics({f"eval/{k}": float(v) for k, v in record["metrics"].items()})
             mlflow.log_metrics({f"seconds/{k}": float(v) for k, v in record["seconds"].items()})
             for png in sorted(rd.eval.glob("*_grid.png")):

@@ -145,3 +145,21 @@ def test_dvc_reruns_nothing_then_only_what_a_param_touches(workspace, flow_rows)
     assert ran == {"train@1", "evaluate@1", "report"}, out
     shown = sh(workspace, "dvc", "exp", "show", "--no-pager", "--md")
     assert "4e-05" in shown and "counting_heldout_accuracy" in shown
+
+
+def test_a_semi_online_round_runs_its_iterations_as_dvc_stages(workspace, flow_rows):
+    """groups.iterations = 2: saving gpo.yaml rewrites the stage graph; `dvc repro` runs generate → score →
+    train of iteration 1.1, then 1.2 from 1.1's model, then evaluates 1.2's model; then nothing is left to run."""
+    cfg = P.load(workspace / "params" / "gpo.yaml", P.GpoFile)
+    cfg.groups.iterations = 2
+    P.save(workspace / "params" / "gpo.yaml", cfg)
+    out = sh(workspace, "dvc", "repro")
+    ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    want = ["generate@1.1", "score@1.1", "train@1.1", "generate@1.2", "score@1.2", "train@1.2", "evaluate@1"]
+    assert [s for s in ran if s in want] == want, out
+    r1 = workspace / "data" / "rounds" / "round-1"
+    start = json.loads((r1 / "iter-2" / "groups" / "generate.json").read_text())["start_model"]
+    assert start.endswith("round-1/iter-1/train/pipeline")
+    record = json.loads((r1 / "eval" / "round.json").read_text())
+    assert record["model_out"].endswith("round-1/iter-2/train/pipeline") and record["seconds"]["train"] > 0
+    assert "up to date" in sh(workspace, "dvc", "status")

@@ -116,16 +116,33 @@ def test_a_semi_online_round_chains_its_iterations_and_resumes(tmp_path):
     assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in a)
 
 
-def test_dvc_stages_refuse_semi_online_rounds_with_a_clear_error(tmp_path):
+def test_the_stage_graph_of_semi_online_rounds(tmp_path):
+    """params/graph.yaml follows run.yaml and groups.iterations (rewritten on every save); one-iteration rounds
+    keep their stage keys and folders; a stale graph stops a stage with the fix."""
     import pytest
+    import yaml
 
     from gpo import params as P
     from gpo.errors import GpoError
+    from gpo.graph import stage_graph
     from gpo.stages import Workspace, run_stage
 
     P.write_defaults(tmp_path / "params")
+    one = stage_graph(P.RunFile().with_rounds(2), 1)
+    assert one["iterations"]["2"] == {"round": 2, "iteration": 1, "dir": "", "after": "data/rounds/round-1/champion.json"}
+    assert one["evaluations"] == {"1": {"prev": 0, "last": ""}, "2": {"prev": 1, "last": ""}}
+    three = stage_graph(P.RunFile().with_rounds(2), 3)
+    assert list(three["iterations"]) == ["1.1", "1.2", "1.3", "2.1", "2.2", "2.3"]
+    assert three["iterations"]["2.1"]["after"] == "data/rounds/round-1/champion.json"
+    assert three["iterations"]["2.3"] == {"round": 2, "iteration": 3, "dir": "iter-3/",
+                                          "after": "data/rounds/round-2/iter-2/train/train.json"}
+    assert three["evaluations"]["2"] == {"prev": 1, "last": "iter-3/"}
     cfg = P.load(tmp_path / "params" / "gpo.yaml", GpoFile)
     P.save(tmp_path / "params" / "gpo.yaml", cfg.model_copy(update={"groups": cfg.groups.model_copy(update={"iterations": 3})}))
-    with pytest.raises(GpoError, match="groups.iterations") as err:
-        run_stage("generate", 1, Workspace.default(tmp_path), progress=False, track=False)
-    assert "gpo run" in str(err.value) and "gpo.yaml" in str(err.value)
+    assert yaml.safe_load((tmp_path / "params" / "graph.yaml").read_text()) == three
+    # a hand edit (as `dvc exp run -S params/gpo.yaml:groups.iterations=2` makes) leaves the graph stale
+    text = (tmp_path / "params" / "gpo.yaml").read_text().replace("iterations: 3", "iterations: 2")
+    (tmp_path / "params" / "gpo.yaml").write_text(text)
+    with pytest.raises(GpoError, match="stage graph") as err:
+        run_stage("generate", 1, Workspace.default(tmp_path), progress=False, track=False, iteration=1)
+    assert "gpo params --sync" in str(err.value) and "graph.yaml" in str(err.value)
