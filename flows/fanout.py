@@ -165,14 +165,16 @@ def _wait(run_ids: list, poll_s: float, timeout_s: float) -> list:
 def fanout_round(round_index: int, model: str, round_dir: str, shards: int = 2,
                  workspace_dir: Optional[str] = None, params_dir: Optional[str] = None,
                  prompts_file: Optional[str] = None, deployment: str = f"{SHARD_FLOW}/{DEPLOYMENT_NAME}",
-                 threads: Optional[int] = None, poll_s: float = 1.0, timeout_s: float = 6 * 3600) -> dict:
-    """Generate + score round `round_index` from `model` as `shards` deployment runs; merge into round_dir."""
+                 threads: Optional[int] = None, poll_s: float = 1.0, timeout_s: float = 6 * 3600,
+                 iteration: int = 1) -> dict:
+    """Generate + score round `round_index` (its iteration `iteration` when groups.iterations > 1) from `model`
+    as `shards` deployment runs; merge into round_dir (the iteration's folder inside it)."""
     from prefect.deployments import run_deployment
 
     from gpo.groups import pick_prompts
     from gpo.paths import portable
     from gpo.prompts import read_prompts
-    from gpo.round import RoundDir
+    from gpo.round import RoundDir, batch_index
     from gpo.stages import Workspace
 
     log = get_run_logger()
@@ -180,15 +182,16 @@ def fanout_round(round_index: int, model: str, round_dir: str, shards: int = 2,
     ws = Workspace.default(root, Path(params_dir) if params_dir else None)
     g = ws.load("gpo.yaml").groups
     prompts = read_prompts(Path(prompts_file) if prompts_file else ws.prompts)
-    chosen = pick_prompts(prompts, g.prompts_per_round, round_index, g.seed)  # as step_generate picks them
-    rd = RoundDir(Path(round_dir).resolve())
+    batch = batch_index(round_index, iteration, g.iterations)  # the prompts and seeds step_generate would draw
+    chosen = pick_prompts(prompts, g.prompts_per_round, batch, g.seed)
+    rd = RoundDir(Path(round_dir).resolve(), g.iterations).parts[iteration - 1]
     t0 = time.time()
     plans = [(start, chosen[start:stop]) for start, stop in split_even(len(chosen), shards)]
     runs = []
     for k, (offset, part) in enumerate(plans):
         folder = rd.groups / "shards" / f"shard-{k}"
         params = {"model": str(Path(model).resolve()), "prompts": [asdict(p) for p in part],
-                  "groups": g.model_dump(), "round_index": round_index, "offset": offset, "folder": str(folder),
+                  "groups": g.model_dump(), "round_index": batch, "offset": offset, "folder": str(folder),
                   "workspace_dir": str(root), "params_dir": str(ws.params), "threads": threads}
         runs.append(run_deployment(deployment, parameters=params, timeout=0,
                                    flow_run_name=f"round-{round_index}-shard-{k}"))
@@ -251,6 +254,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     r.add_argument("--model", default=None, help="start model (default: models.yaml base)")
     r.add_argument("--shards", type=int, default=2)
     r.add_argument("--round-dir", default=None, help="default data/rounds/round-I")
+    r.add_argument("--iteration", type=int, default=1, help="which of the round's groups.iterations (1..N)")
     r.add_argument("--deployment", default=f"{SHARD_FLOW}/{DEPLOYMENT_NAME}")
     a = ap.parse_args(argv)
     if a.cmd == "deploy":
@@ -261,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ws = Workspace.default(workspace())
     model = a.model or str(ws.resolve(ws.load("models.yaml").base))
     out = fanout_round(a.round_index, model, a.round_dir or str(ws.rounds / f"round-{a.round_index}"),
-                       shards=a.shards, deployment=a.deployment)
+                       shards=a.shards, deployment=a.deployment, iteration=a.iteration)
     print(json.dumps({k: v for k, v in out.items() if k != "shards"}))
 
 

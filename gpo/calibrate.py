@@ -13,6 +13,7 @@ from gpo.generate import generate_to
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.metrics import accuracy
 from gpo.model.pipeline import TinyT2IPipeline
+from gpo.model.sampler import sampler_stamp
 from gpo.params import EvalParams, WorldParams
 from gpo.prompts import Prompt
 from gpo.resume import digest, resume_or_reset, weights_digest
@@ -58,7 +59,8 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
     # every image is kept as it is made (out/<name>_images/): a killed evaluation of the same model with
     # the same plan resumes where it stopped; anything else there is cleared first
     folder = Path(out) / f"{name}_images"
-    resume_or_reset(folder, {"weights": weights or weights_digest(pipe.denoiser), "steps": e.steps,
+    resume_or_reset(folder, {"weights": weights or weights_digest(pipe.denoiser), "sampler": sampler_stamp(pipe.scheduler),
+                             "steps": e.steps,
                              "guidance_scale": e.guidance_scale, "plan": digest([(p.text, s) for p, s in zip(plan_p, plan_s)])})
     paths = [folder / f"{i:05d}-{s}.png" for i, s in enumerate(plan_s)]
     images, _ = generate_to(pipe, [p.text for p in plan_p], plan_s, paths, steps=e.steps,

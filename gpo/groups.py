@@ -22,6 +22,7 @@ from gpo.evaluate import save_table
 from gpo.generate import generate_to, load_latents
 from gpo.model.device import process_state
 from gpo.model.pipeline import TinyT2IPipeline
+from gpo.model.sampler import sampler_stamp
 from gpo.params import GroupParams
 from gpo.paths import inside, safe_name
 from gpo.prompts import Prompt
@@ -44,7 +45,8 @@ def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> 
 
 
 def balanced_sample(pool: list[Prompt], k: int, rng: random.Random) -> list[Prompt]:
-    """k prompts with the requested counts as even as k allows (counts in random order, then prompts)."""
+    """k prompts (at most the pool) with the requested counts as even as k allows (counts in random order)."""
+    k = min(k, len(pool))
     by_count: dict[int, list[Prompt]] = {}
     for p in pool:
         by_count.setdefault(int(p.count or 0), []).append(p)
@@ -80,6 +82,7 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
     # a re-run keeps the images of the same model/params/prompts (resume) and clears any others
     if state.is_main_process:
         resume_or_reset(folder / "images", {"weights": weights_digest(pipe.denoiser), "groups": g.model_dump(),
+                                            "sampler": sampler_stamp(pipe.scheduler),
                                             "round": round_index,
                                             "plan": digest([(r["prompt"], r["seed"]) for r in rows])})
     state.wait_for_everyone()

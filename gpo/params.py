@@ -229,12 +229,14 @@ class TrainParams(Strict):
                                 "(0 = GPO.md's graded reward; > 0 pays for the exact count or word over near "
                                 "misses); held-out metrics always use the graded reward")
     draws: int = Field(1, ge=1, description="K: (timestep, noise) draws per group per step, each shared by the "
-                       "whole group, losses averaged (1 = one draw, the noisiest estimate; DGPO trains 4)")
+                       "whole group, losses averaged (1 = one draw, the noisiest estimate; DGPO trains 4; with "
+                       "noise: seed only the timestep is drawn; dpo-random draws its pair per draw)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm")
     epochs: int = Field(4, ge=1, description="passes over the round's groups")
     groups_per_step: int = Field(4, ge=1, description="groups whose gradients are summed per optimizer step")
-    micro_batch: int = Field(16, ge=1, description="members per forward/backward; memory is flat in G beyond it")
+    micro_batch: int = Field(16, ge=1, description="(draw, member) pairs per forward/backward: memory is flat in "
+                             "G·draws beyond it (above it, one extra forward pass without a graph)")
     timestep_min_fraction: float = Field(0.5, ge=0, lt=1, description="train only on the noisier part of t (≥ this "
                                          "share); GPO.md: restrict t for ≤ 10-step rollouts")
     lora_rank: int = Field(0, ge=0, description="0 = full fine-tuning with a frozen reference copy; >0 = LoRA rank "

@@ -29,6 +29,7 @@ from gpo.evaluate import Scorers
 from gpo.groups import generate_groups, model_inputs, pick_prompts
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.model.adapters import load_any
+from gpo.model.sampler import sampler_stamp
 from gpo.model.device import process_state
 from gpo.params import EvalParams, GpoFile
 from gpo.paths import local, portable
@@ -127,9 +128,11 @@ class RoundDir:
 
 
 def round_dir(root: Path) -> RoundDir:
-    """A finished round's folder, semi-online or not (its iter-J folders tell)."""
-    n = len(list(Path(root).glob("iter-*")))
-    return RoundDir(Path(root), max(1, n))
+    """A finished round's folder with the iterations its record says it ran (iter-J folders of another
+    setting may outlive a change of groups.iterations)."""
+    rec = Path(root) / "eval" / "round.json"
+    n = json.loads(rec.read_text()).get("iterations", 1) if rec.exists() else 1
+    return RoundDir(Path(root), n)
 
 
 def _timed(rd: RoundDir, step: str, t0: float, **extra) -> None:
@@ -180,10 +183,10 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
         resume_or_reset(rd.train / "checkpoints", {"weights": weights_digest(pipe.denoiser),
                                                    "rewards": file_digest(rd.rewards), "train": cfg.train.model_dump()})
     state.wait_for_everyone()
-    n_dropped = int(rewards.groupby("group")["dropped"].first().sum())
     # x0: the sampler's kept latents where groups.keep_latents saved them, else the encoded PNGs
     groups = groups_from_table(rewards, x0=model_inputs(rewards, rd.groups, pipe.encode_images),
                                exact_weight=cfg.train.exact_weight)
+    n_dropped = int(rewards["group"].nunique()) - len(groups)  # no spread (in the reward trained on)
     model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn)
     _timed(rd, "train", t0, n_groups=len(groups), n_dropped=n_dropped)
     return model
@@ -196,7 +199,7 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
     out = Path(out)
     done, stamp = out / "summary.json", out / "summary.inputs.json"
     pipe = load_any(model, family)
-    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump()}
+    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump(), "sampler": sampler_stamp(pipe.scheduler)}
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return json.loads(done.read_text())
     summary = evaluate_model(pipe, prompts, scorers, e, out, "model", progress, weights=fingerprint["weights"])
@@ -224,7 +227,8 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
     _timed(rd, "evaluate", t0)
     rewards = rd.all_rewards()
     first = rd.parts[0].seconds_file("generate")
-    record = {"round": index, "model_in": json.loads(first.read_text())["start_model"] if first.exists() else None,
+    record = {"round": index, "iterations": rd.iterations,
+              "model_in": json.loads(first.read_text())["start_model"] if first.exists() else None,
               "model_out": portable(rd.model), "seconds": rd.seconds(), "metrics": metrics, "headline": headline(summary),
               "decision": decision.to_dict(), "previous_champion_round": prev_champion["round"]}
     if rewards is not None:

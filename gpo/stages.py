@@ -16,7 +16,7 @@ from pathlib import Path
 from gpo import params as P
 from gpo.errors import GpoError
 from gpo.paths import local
-from gpo.graph import check_graph, write_graph
+from gpo.graph import check_graph
 from gpo.round import (RoundDir, batch_index, champion_entry, read_champion, step_base, step_evaluate,
                        step_generate, step_score, step_train)
 
@@ -157,8 +157,7 @@ def pin_next_round(ws: Workspace, version: int) -> str:
         run = run.with_rounds(i)
     rounds = dict(run.rounds)
     rounds[str(i)] = rounds[str(i)].model_copy(update={"start": str(version)})
-    P.save(ws.params / "run.yaml", run.model_copy(update={"rounds": rounds}))
-    write_graph(ws.params)
+    P.save(ws.params / "run.yaml", run.model_copy(update={"rounds": rounds}))  # rewrites graph.yaml too
     return str(i)
 
 

@@ -1,9 +1,10 @@
 """GPO fine-tuning: groupwise, reward-weighted Diffusion-DPO against a frozen reference (accelerate).
 
-For each group: one timestep and one noise shared by all G members; Δ_i from the policy and the
-reference; the loss of gpo/loss.py. Memory stays flat in G: with G > micro_batch the trainer first
-computes every Δ_i without a graph, takes dL/dΔ_i, then back-propagates micro-batch by micro-batch
-(the same gradient as one big batch, one extra forward). Full fine-tuning keeps a frozen copy of the
+For each group: K = train.draws draws of a timestep and a noise, each shared by all G members; Δ_i
+from the policy and the reference at each draw; the loss of gpo/loss.py averaged over the draws.
+Memory stays flat in G·K: with more (draw, member) pairs than micro_batch the trainer first computes
+every Δ without a graph, takes dL/dΔ, then back-propagates micro-batch by micro-batch (the same
+gradient as one big batch, one extra forward). Full fine-tuning keeps a frozen copy of the
 denoiser as reference; LoRA (peft) uses the same network with adapters disabled.
 
 Memory features (params/gpo.yaml `train`): gradient checkpointing, bf16/fp16 autocast, prompt
@@ -70,7 +71,10 @@ def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0:
             continue
         rows = rows[rows["reward"].notna()]  # images the reward models failed on carry no reward
         idx = torch.as_tensor(rows.index.to_numpy().copy())  # pandas 3 hands out read-only arrays
-        r = [shaped_reward(float(v), bool(c), exact_weight) for v, c in zip(rows["reward"], rows["correct"])]
+        correct = rows["correct"] if exact_weight else [False] * len(rows)  # the graded reward needs no flag
+        r = [shaped_reward(float(v), bool(c), exact_weight) for v, c in zip(rows["reward"], correct)]
+        if len(set(r)) < 2:  # e.g. exact_weight 1 on a group with no exact member: no signal left
+            continue
         out.append(Group(rows["prompt"].iloc[0], x[idx], torch.tensor(r, dtype=torch.float32),
                          [int(v) for v in rows["seed"]] if "seed" in rows else None))
     return out

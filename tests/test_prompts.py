@@ -121,3 +121,14 @@ def test_round_prompts_spread_counting_evenly_over_counts():
         assert len({p.text for p in chosen}) == 16 and all(p.split == "train" for p in chosen)
     assert pick_prompts(prompts, 16, 1, 0) == pick_prompts(prompts, 16, 1, 0)
     assert pick_prompts(prompts, 16, 1, 0) != pick_prompts(prompts, 16, 2, 0)
+
+
+def test_balanced_sample_takes_at_most_the_pool():
+    import random
+
+    from gpo.groups import balanced_sample
+    from gpo.params import PromptParams
+    from gpo.world.dataset import build_prompts
+
+    pool = [p for p in build_prompts(PromptParams()) if p.task == "counting" and p.split == "train"][:5]
+    assert sorted(p.text for p in balanced_sample(pool, 50, random.Random(0))) == sorted(p.text for p in pool)

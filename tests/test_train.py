@@ -202,3 +202,16 @@ def test_group_delta_matches_a_hand_computation(noise, guidance):
     expected = gpo_loss(delta[None], group.rewards[None], 50.0).loss.item()
     assert stats["loss"] == pytest.approx(expected, rel=1e-4)
     assert stats["delta_above"] == pytest.approx(delta[group.rewards > group.rewards.mean()].mean().item(), rel=1e-4)
+
+
+def test_exact_weight_shapes_rewards_and_drops_groups_left_without_spread():
+    from PIL import Image
+
+    table = add_advantages(pd.DataFrame({"group": [0, 0, 1, 1], "prompt": ["a", "a", "b", "b"],
+                                         "reward": [0.5, 0.75, 0.5, 1.0], "correct": [False, False, False, True]}))
+    images = [Image.new("RGB", (32, 32))] * 4
+    half = groups_from_table(table, images, exact_weight=0.5)
+    assert [g.prompt for g in half] == ["a", "b"]
+    assert half[1].rewards.tolist() == pytest.approx([0.25, 1.0])  # 0.5·0.5 + 0, 0.5·1 + 0.5
+    only_exact = groups_from_table(table, images, exact_weight=1.0)  # group a: no exact member, no signal
+    assert [g.prompt for g in only_exact] == ["b"] and only_exact[0].rewards.tolist() == [0.0, 1.0]

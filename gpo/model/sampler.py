@@ -29,3 +29,9 @@ def unclipped(scheduler):
     log.warning("scheduler %s had %s on: turned off (x0 clipping with an unclipped noise estimate makes "
                 "the sampler drift under guidance; docs/GPO.md)", type(scheduler).__name__, ", ".join(on))
     return type(scheduler).from_config(scheduler.config, **{k: False for k in on})
+
+
+def sampler_stamp(scheduler) -> dict:
+    """What of the sampler goes into the resume stamps of generated images (gpo/resume.py): images drawn by
+    another scheduler or with clipping on are never reused."""
+    return {"scheduler": type(scheduler).__name__, "clipping": clipping(scheduler)}
