@@ -330,9 +330,12 @@ def rounds_table(folder: Path, n: Optional[int] = None) -> list[dict]:
     while (n is None or i <= n) and (rec := Path(folder) / f"round-{i}" / "eval" / "round.json").exists():
         r = json.loads(rec.read_text())
         champ = read_champion(Path(folder) / f"round-{i}" / "champion.json")
+        summary = Path(folder) / f"round-{i}" / "eval" / "summary.json"
+        by_count = (json.loads(summary.read_text()).get("counting/heldout", {}).get("accuracy_by_count", {})
+                    if summary.exists() else {})
         rows.append({"round": i, "model": r["model_out"], "headline": r["headline"], "metrics": r["metrics"],
                      "seconds": r["seconds"], "champion": champ["round"] == i, "started_from": r["model_in"],
-                     "version": r.get("version")})
+                     "version": r.get("version"), "by_count": by_count})
         i += 1
     return rows
 
@@ -353,6 +356,14 @@ def rounds_markdown(rows: list[dict]) -> str:
                      f"{ci('text_heldout_accuracy')} | {ci('text_heldout_words_mean_reward')} | "
                      f"{sec('generate')} | {sec('score')} | {sec('train')} | {sec('evaluate')} | "
                      f"{'yes' if r['champion'] else ''} |")
+    counts = sorted({int(c) for r in rows for c in r.get("by_count", {})})
+    if counts:  # a "draw fewer" shift shows here: large counts falling while small ones rise
+        lines += ["", "| round | " + " | ".join(f"counting acc, {c} asked" for c in counts) + " |",
+                  "|---|" + "---|" * len(counts)]
+        for r in rows:
+            by = {int(c): e for c, e in r.get("by_count", {}).items()}
+            lines.append(f"| {r['round']} | " + " | ".join(
+                f"{by[c]['value']:.2f} [{by[c]['low']:.2f}, {by[c]['high']:.2f}]" if c in by else "" for c in counts) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,9 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     # round 2 starts from the best model so far
     champion_after_1 = rows[1]["model"] if rows[1]["champion"] else str(base)
     assert rows[2]["started_from"] == champion_after_1
-    assert "| 2 |" in rounds_markdown(rows)
+    md = rounds_markdown(rows)
+    assert "| 2 |" in md and "counting acc, 1 asked" in md  # the per-count table: a "draw fewer" shift shows
+    assert md.count("\n| 2 |") == 2
     # a re-run with everything done reads the records back instead of recomputing
     again = run_rounds(base, 2, tmp_path / "rounds", prompts, cfg, e, s, progress=False)
     assert [r["headline"] for r in again] == [r["headline"] for r in rows]
