@@ -143,7 +143,7 @@ def _tiny_workspace(folder: Path) -> None:
     # batch_size = G: the shards' batches hold the same images as the one-process batches. With other
     # splits an image can differ by 1/255 in a pixel (measured: batched CPU kernels round differently
     # for a batch of 8 than of 6), not in its reward here.
-    P.save(params / "gpo.yaml", P.GpoFile(groups=P.GroupParams(group_size=3, prompts_per_round=4, steps=4,
+    P.save(params / "gpo.yaml", P.GpoFile(groups=P.GroupParams(group_size=3, prompts_per_round=4, iterations=1, steps=4,
                                                                batch_size=3, seed=5)))
     write_prompts(build_prompts(P.WorldParams().prompts), folder / "prompts.jsonl")
 

@@ -11,7 +11,7 @@ from tests.faults_workspace import ROOT, kill_when, make_workspace, ok, pngs, ro
 
 
 def test_kill9_of_dvc_repro_mid_generation_then_rerun_keeps_the_finished_images(tmp_path):
-    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=8, steps=3, batch_size=2))
+    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=8, iterations=1, steps=3, batch_size=2))
     ws = make_workspace(tmp_path / "ws", cfg)
     shutil.copytree(ROOT / "gpo", ws / "gpo", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")

@@ -21,8 +21,8 @@ from tests.test_round import Brightness
 
 def _ready_round(tmp_path):
     """Round 0 registered (version 1) and round 1 generated, scored and trained, all in this process."""
-    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=4, steps=2, batch_size=16),
-                    train=P.TrainParams(epochs=1, groups_per_step=2, lr=1e-3, beta=10.0, threads=1))
+    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=4, iterations=1, steps=2, batch_size=16),
+                    train=P.TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
     e = P.EvalParams(counting_seeds=2, text_seeds=2, heldout_word_seeds=1, steps=3, batch_size=2, gt_images=10)
     root = make_workspace(tmp_path / "ws", cfg, e)
     w = Workspace.default(root)

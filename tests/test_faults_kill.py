@@ -30,8 +30,8 @@ def _pixel_differences(a, b) -> tuple[int, int]:
 
 
 def test_kill9_mid_generation_then_rerun_makes_only_the_missing_images(tmp_path):
-    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=8, steps=3, batch_size=2),
-                    train=P.TrainParams(epochs=1, groups_per_step=2, threads=1))
+    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=8, iterations=1, steps=3, batch_size=2),
+                    train=P.TrainParams(epochs=1, groups_per_step=2, draws=1, threads=1))
     ws = make_workspace(tmp_path / "ws", cfg)
     round0(ws)
     rd = RoundDir(ws / "data" / "rounds" / "round-1")

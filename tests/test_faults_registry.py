@@ -44,7 +44,7 @@ def state(ws):
 
 @pytest.fixture
 def ws(tmp_path):
-    cfg = P.GpoFile(groups=P.GroupParams(group_size=2, prompts_per_round=2, steps=2, batch_size=8))
+    cfg = P.GpoFile(groups=P.GroupParams(group_size=2, prompts_per_round=2, iterations=1, steps=2, batch_size=8))
     root = make_workspace(tmp_path / "ws", cfg)
     w = Workspace.default(root)
     summary = evaluate_model(load_any(root / "base"), w.prompt_table(), Scorers(Brightness(), Brightness()),

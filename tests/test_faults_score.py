@@ -24,7 +24,7 @@ def _maps(pid: int, needle: str) -> bool:
 
 
 def test_kill9_while_scoring_then_rerun_scores_everything_once(tmp_path, shipped_detector, ocr_reader):
-    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=4, steps=2, batch_size=16))
+    cfg = P.GpoFile(groups=P.GroupParams(group_size=4, prompts_per_round=4, iterations=1, steps=2, batch_size=16))
     ws = make_workspace(tmp_path / "ws", cfg)
     round0(ws)
     rd = RoundDir(ws / "data" / "rounds" / "round-1")

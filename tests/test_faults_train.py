@@ -22,8 +22,8 @@ from tests.test_round import Brightness
 
 GPO = ["gpo", "stage"]
 
-TRAIN_CFG = P.GpoFile(groups=P.GroupParams(group_size=6, prompts_per_round=4, steps=2, batch_size=24),
-                      train=P.TrainParams(epochs=6, groups_per_step=1, lr=1e-3, beta=10.0, threads=1))
+TRAIN_CFG = P.GpoFile(groups=P.GroupParams(group_size=6, prompts_per_round=4, iterations=1, steps=2, batch_size=24),
+                      train=P.TrainParams(epochs=6, groups_per_step=1, draws=1, lr=1e-3, beta=10.0, threads=1))
 
 
 def _scored_round(tmp_path):

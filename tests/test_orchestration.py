@@ -35,8 +35,8 @@ def tiny_params(folder: Path) -> None:
     P.save(folder / "models.yaml", P.ModelsFile())
     P.save(folder / "eval.yaml", P.EvalFile(eval=P.EvalParams(counting_seeds=2, text_seeds=2, heldout_word_seeds=1,
                                                               gt_images=10, batch_size=32)))
-    P.save(folder / "gpo.yaml", P.GpoFile(groups=P.GroupParams(group_size=6, prompts_per_round=2, batch_size=16),
-                                          train=P.TrainParams(epochs=1, groups_per_step=2)))
+    P.save(folder / "gpo.yaml", P.GpoFile(groups=P.GroupParams(group_size=6, prompts_per_round=2, iterations=1, batch_size=16),
+                                          train=P.TrainParams(epochs=1, groups_per_step=2, draws=1)))
     run = P.RunFile().with_rounds(1)
     run.promotion.z = 0.0
     P.save(folder / "run.yaml", run)

@@ -39,7 +39,7 @@ def test_gpo_steps_on_real_pipeline_types(tmp_path, saved, family, lora):
     assert x0.shape == (4, 4, 16, 16)  # VAE latents: training never decodes
     groups = [Group(texts[0], x0[:2], torch.tensor([0.2, 0.9])), Group(texts[2], x0[2:], torch.tensor([1.0, 0.0]))]
     before = {k: v.clone() for k, v in pipe.denoiser.state_dict().items()}
-    out = train_gpo(pipe, groups, TrainParams(epochs=1, groups_per_step=1, lr=1e-3, threads=1, lora_rank=lora,
+    out = train_gpo(pipe, groups, TrainParams(epochs=1, groups_per_step=1, draws=1, lr=1e-3, threads=1, lora_rank=lora,
                                               lora_alpha=4 if lora else 0), tmp_path / "train", progress=False)
     trained = load_any(out)
     after = trained.denoiser.state_dict()
@@ -153,7 +153,7 @@ def test_bf16_autocast_steps_are_finite_and_close_to_float32(saved, tmp_path):
     # a whole bf16 round of steps: finite losses, float32 weights saved, weights moved
     pipe = load_any(saved / "sd3")
     before = {k: v.clone() for k, v in pipe.denoiser.state_dict().items()}
-    out = train_gpo(pipe, _moved_groups(pipe), TrainParams(epochs=2, groups_per_step=2, micro_batch=4, lr=1e-3,
+    out = train_gpo(pipe, _moved_groups(pipe), TrainParams(epochs=2, groups_per_step=2, draws=1, micro_batch=4, lr=1e-3,
                                                            threads=1, mixed_precision="bf16"),
                     tmp_path / "bf16", progress=False)
     log = __import__("json").loads((tmp_path / "bf16" / "train_log.json").read_text())
@@ -180,7 +180,7 @@ def test_precomputed_prompt_embeds_same_weights_and_no_encoder_calls_in_the_loop
         for enc in pipe.text_encoders():
             enc.register_forward_hook(lambda *a: calls.append(1))
         groups = _moved_groups(pipe, n=3)
-        train_gpo(pipe, groups, TrainParams(epochs=2, groups_per_step=2, micro_batch=4, lr=1e-3, threads=1,
+        train_gpo(pipe, groups, TrainParams(epochs=2, groups_per_step=2, draws=1, micro_batch=4, lr=1e-3, threads=1,
                                             precompute_prompt_embeds=pre), tmp_path / str(pre), progress=False)
         results[pre] = (len(calls), load_file(next((tmp_path / str(pre) / "pipeline" / "unet").glob("*.safetensors"))))
         assert all(next(e.parameters()).device.type == "cpu" for e in pipe.text_encoders())
@@ -253,8 +253,8 @@ def test_a_gpo_round_through_the_round_steps(saved, tmp_path, family):
 
     prompts = [Prompt(f"{n} red circles", "counting", "train", "circle", "red", n) for n in (1, 2)] + \
               [Prompt(f'"{w}" on a sign', "text", "train", word=w) for w in ("CAT", "DOG")]
-    cfg = GpoFile(groups=GroupParams(group_size=3, prompts_per_round=4, steps=2, batch_size=12, guidance_scale=2.0),
-                  train=TrainParams(epochs=1, groups_per_step=2, micro_batch=2, lr=1e-3, threads=1))
+    cfg = GpoFile(groups=GroupParams(group_size=3, prompts_per_round=4, iterations=1, steps=2, batch_size=12, guidance_scale=2.0),
+                  train=TrainParams(epochs=1, groups_per_step=2, draws=1, micro_batch=2, lr=1e-3, threads=1))
     out = improve(1, saved / family, tmp_path / "round-1", prompts, cfg, Scorers(_RedShare(), _RedShare()),
                   progress=False)
     assert len(out.rewards) == 12 and out.rewards["reward"].notna().all()

@@ -122,8 +122,8 @@ def test_train_checkpoints_of_other_params_are_not_resumed(tmp_path):
     base = tmp_path / "base"
     build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
     prompts = build_prompts(PromptParams())
-    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, steps=2, batch_size=16),
-                  train=TrainParams(epochs=1, groups_per_step=2, lr=1e-3, beta=10.0, threads=1))
+    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=1, steps=2, batch_size=16),
+                  train=TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
     rd = RoundDir(tmp_path / "round-1")
     step_generate(1, base, rd, prompts, cfg, progress=False)
     step_score(rd, Scorers(Brightness(), Brightness()))

@@ -31,8 +31,8 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     base = tmp_path / "base"
     build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
     prompts = build_prompts(PromptParams())
-    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, steps=2, batch_size=16),
-                  train=TrainParams(epochs=1, groups_per_step=2, lr=1e-3, beta=10.0, threads=1))
+    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=1, steps=2, batch_size=16),
+                  train=TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
     e = EvalParams(counting_seeds=1, text_seeds=1, heldout_word_seeds=1, steps=2, batch_size=64, gt_images=10)
     s = Scorers(Brightness(), Brightness())
     rows = run_rounds(base, 2, tmp_path / "rounds", prompts, cfg, e, s, progress=False)

@@ -31,8 +31,8 @@ def tracked(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws")
     base = root / "base"
     build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
-    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, steps=2, batch_size=16),
-                  train=TrainParams(epochs=1, groups_per_step=2, lr=1e-3, beta=10.0, threads=1))
+    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=1, steps=2, batch_size=16),
+                  train=TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
     e = EvalParams(counting_seeds=1, text_seeds=1, heldout_word_seeds=1, steps=2, batch_size=64, gt_images=10)
     tracker = Tracker(MlflowParams(experiment="test-exp", model_name="test-model"), root,
                       flat_params(cfg, EvalFile(eval=e)))

@@ -26,7 +26,7 @@ def _weights(folder):
 
 
 def _train(tmp, name, **kw):
-    p = TrainParams(**{"epochs": 2, "groups_per_step": 2, "threads": 1, "lr": 1e-3, **kw})
+    p = TrainParams(**{"epochs": 2, "groups_per_step": 2, "threads": 1, "lr": 1e-3, "draws": 1, **kw})
     train_gpo(build_pipeline(TINY, seed=0), _groups(), p, tmp / name, progress=False)
     return tmp / name
 
@@ -77,7 +77,7 @@ def test_k_draws_average_the_per_draw_losses(micro_batch):
         for q in pipe.denoiser.parameters():
             q.add_(torch.randn_like(q) * 1e-2)
     group = _groups(1, G=6)[0]
-    one = TrainParams(micro_batch=micro_batch, beta=50.0)
+    one = TrainParams(micro_batch=micro_batch, beta=50.0, draws=1)
     gen = torch.Generator().manual_seed(3)  # two K = 1 calls in a row consume draw 1, then draw 2
     singles, losses = [], []
     for _ in range(2):
@@ -181,7 +181,7 @@ def test_group_delta_matches_a_hand_computation(noise, guidance):
             q.add_(torch.randn_like(q) * 1e-2)
     group = _groups(1, G=4)[0]
     group.seeds = [11, 12, 13, 14]
-    p = TrainParams(noise=noise, guidance_scale=guidance, beta=50.0)
+    p = TrainParams(noise=noise, guidance_scale=guidance, beta=50.0, draws=1)  # one draw: computed by hand below
     stats = group_step(pipe, pipe.denoiser, ref, group, p, torch.Generator().manual_seed(1), 1.0)
 
     gen = torch.Generator().manual_seed(1)
