@@ -31,6 +31,18 @@ def _train(tmp, name, **kw):
     return tmp / name
 
 
+def _moved_policy():
+    """A tiny pipeline whose policy is moved off its frozen reference copy, so Δ ≠ 0."""
+    from gpo.train import Reference
+
+    pipe = build_pipeline(TINY, seed=0)
+    ref = Reference(pipe.denoiser, lora=False)
+    with torch.no_grad():
+        for q in pipe.denoiser.parameters():
+            q.add_(torch.randn_like(q) * 1e-2)
+    return pipe, ref
+
+
 def test_training_moves_weights_and_logs(tmp_path):
     out = _train(tmp_path, "full")
     before = build_pipeline(TINY, seed=0).denoiser.state_dict()
@@ -42,13 +54,9 @@ def test_training_moves_weights_and_logs(tmp_path):
 
 
 def test_micro_batching_gives_the_same_gradient():
-    from gpo.train import Reference, group_step
+    from gpo.train import group_step
 
-    pipe = build_pipeline(TINY, seed=0)
-    ref = Reference(pipe.denoiser, lora=False)
-    with torch.no_grad():  # move the policy off the reference so Δ ≠ 0
-        for q in pipe.denoiser.parameters():
-            q.add_(torch.randn_like(q) * 1e-2)
+    pipe, ref = _moved_policy()
     group = _groups(1, G=8)[0]
     grads = []
     for mb in (16, 3):
@@ -69,13 +77,9 @@ def _grad(pipe):
 def test_k_draws_average_the_per_draw_losses(micro_batch):
     """train.draws = K: the group's gradient is the mean of the K one-draw gradients, the draws being the
     next K (t, ε) pairs of the step's generator — also when micro-batches cut across draws."""
-    from gpo.train import Reference, group_step
+    from gpo.train import group_step
 
-    pipe = build_pipeline(TINY, seed=0)
-    ref = Reference(pipe.denoiser, lora=False)
-    with torch.no_grad():
-        for q in pipe.denoiser.parameters():
-            q.add_(torch.randn_like(q) * 1e-2)
+    pipe, ref = _moved_policy()
     group = _groups(1, G=6)[0]
     one = TrainParams(micro_batch=micro_batch, beta=50.0, draws=1)
     gen = torch.Generator().manual_seed(3)  # two K = 1 calls in a row consume draw 1, then draw 2
@@ -172,13 +176,9 @@ def test_group_delta_matches_a_hand_computation(noise, guidance):
     train.guidance_scale > 1 takes Δ on uncond + w·(cond − uncond). Both against a by-hand Δ and loss."""
     from gpo.loss import gpo_loss
     from gpo.model.targets import noisy_and_target, sample_timesteps
-    from gpo.train import Reference, group_step
+    from gpo.train import group_step
 
-    pipe = build_pipeline(TINY, seed=0)
-    ref = Reference(pipe.denoiser, lora=False)
-    with torch.no_grad():
-        for q in pipe.denoiser.parameters():
-            q.add_(torch.randn_like(q) * 1e-2)
+    pipe, ref = _moved_policy()
     group = _groups(1, G=4)[0]
     group.seeds = [11, 12, 13, 14]
     p = TrainParams(noise=noise, guidance_scale=guidance, beta=50.0, draws=1)  # one draw: computed by hand below
