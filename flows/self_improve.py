@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import httpx
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.dvc_stage import dvc_subprocess, repro_stage
 from gpo.env import workspace
-from gpo.graph import write_graph
+from gpo.graph import iteration_key, iterations_of, write_graph
 from gpo.lock import workspace_lock
 from gpo.round import rounds_markdown, rounds_table
 from gpo.stages import Workspace, apply_overrides
@@ -95,11 +94,12 @@ def _rounds(ws: Workspace, root: Path, rounds: Optional[int], stop_when_no_impro
         P.save(ws.params / "run.yaml", run.with_rounds(n))
         print(f"params/run.yaml now lists rounds 1..{n}")
     write_graph(ws.params)  # the DVC stage graph of these rounds and groups.iterations (gpo/graph.py)
-    iterations = yaml.safe_load((ws.params / "graph.yaml").read_text())["iterations"]
+    iterations = iterations_of(ws.params)
     for name in ("prompts", "calibrate", "base"):
         run_stage(name, root)
     for i in range(1, n + 1):
-        for key in (k for k, it in iterations.items() if it["round"] == i):  # semi-online: i.1 … i.N in order
+        for j in range(1, iterations + 1):  # semi-online: the stages of i.1 … i.N in order
+            key = iteration_key(i, j, iterations)
             for step in ("generate", "score", "train"):
                 run_stage(f"{step}@{key}", root)
         run_stage(f"evaluate@{i}", root)

@@ -47,7 +47,7 @@ def stage_graph(run: P.RunFile, iterations: int) -> dict:
     return {"iterations": its, "evaluations": evals}
 
 
-def _iterations(params: Path) -> int:
+def iterations_of(params: Path) -> int:
     """groups.iterations of the folder's gpo.yaml (the default where there is none: a workspace of 0 rounds)."""
     f = params / "gpo.yaml"
     return (P.load(f, P.GpoFile) if f.exists() else P.GpoFile()).groups.iterations
@@ -56,7 +56,7 @@ def _iterations(params: Path) -> int:
 def write_graph(params: Path) -> Path:
     """params/graph.yaml from the params folder's run.yaml and gpo.yaml (atomic)."""
     params = Path(params)
-    graph = stage_graph(P.load(params / "run.yaml", P.RunFile), _iterations(params))
+    graph = stage_graph(P.load(params / "run.yaml", P.RunFile), iterations_of(params))
     path = params / "graph.yaml"
     atomic_write_text(path, HEADER + yaml.safe_dump(graph, sort_keys=False, default_flow_style=None))
     return path
@@ -66,7 +66,7 @@ def check_graph(params: Path) -> None:
     """A clear error when params/graph.yaml is missing or disagrees with run.yaml / gpo.yaml."""
     params = Path(params)
     path = params / "graph.yaml"
-    want = stage_graph(P.load(params / "run.yaml", P.RunFile), _iterations(params))
+    want = stage_graph(P.load(params / "run.yaml", P.RunFile), iterations_of(params))
     have = yaml.safe_load(path.read_text()) if path.exists() else None
     if have != want:
         raise GpoError("the stage graph does not match the params (groups.iterations or the rounds changed since "
