@@ -3,6 +3,13 @@
 headline = mean of held-out counting accuracy and held-out mean OCR reward. Its standard error comes
 from the two Wilson / t intervals (half-width / 1.96), and a new model replaces the champion only when
 its headline gain exceeds z standard errors of the difference of two independent evaluations.
+
+The reward-hacking guard: where both summaries carry the second opinion (gpo/rewards/second_opinion.py,
+summary keys second/<task>/<split>), each headline part's reward-model gain must be matched by the
+second opinion's gain on the same part. A part whose reward-model gain exceeds the second opinion's by
+more than z standard errors of that gap (the four intervals' SEs combined as independent: conservative,
+a gap inside the evaluations' noise is never flagged) flags the round, and a flagged round is never
+promoted, however large its headline gain.
 """
 
 from __future__ import annotations
@@ -24,22 +31,78 @@ def headline_se(summary: dict) -> float:
     return math.sqrt(sum(s * s for s in ses)) / len(PARTS)
 
 
+SECOND = "second/"  # the second opinion's summary keys: second/<task>/<split> (gpo/evaluate.py)
+
+
+def _se(entry: dict) -> float:
+    return (entry["high"] - entry["low"]) / (2 * Z95)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One headline part: reward-model gain against the second opinion's gain over the champion."""
+
+    part: str  # e.g. counting/heldout accuracy
+    reward_gain: float
+    second_gain: float
+    threshold: float  # z · SE of (reward_gain − second_gain)
+
+    @property
+    def unmatched(self) -> bool:
+        return self.reward_gain - self.second_gain > self.threshold
+
+
+def second_opinion_checks(new: dict, champion: dict, z: float) -> list[Check] | None:
+    """Per headline part, the reward-model gain and the second opinion's; None when either summary lacks
+    the second opinion on a part (real models, or an evaluation from before it existed)."""
+    checks = []
+    for key, metric in PARTS:
+        if SECOND + key not in new or SECOND + key not in champion:
+            return None
+        rm_new, rm_old = new[key][metric], champion[key][metric]
+        so_new, so_old = new[SECOND + key][metric], champion[SECOND + key][metric]
+        se = math.sqrt(sum(_se(e) ** 2 for e in (rm_new, rm_old, so_new, so_old)))
+        checks.append(Check(f"{key} {metric}", rm_new["value"] - rm_old["value"],
+                            so_new["value"] - so_old["value"], z * se))
+    return checks
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
     gain: float  # headline(new) − headline(champion)
     threshold: float  # z · SE of the difference
     reason: str
+    flagged: bool = False  # a reward-model gain the second opinion does not match: never promoted
+    second_gain: float | None = None  # the second opinion's headline gain (None: no second opinion)
+    unmatched: tuple[str, ...] = ()  # the headline parts whose reward-model gain is unmatched
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["unmatched"] = list(self.unmatched)
+        return d
 
 
 def decide(new: dict, champion: dict, z: float) -> Decision:
     gain = headline(new) - headline(champion)
     threshold = z * math.sqrt(headline_se(new) ** 2 + headline_se(champion) ** 2)
-    promote = gain > threshold
-    verb = "beats" if promote else "does not beat"
-    return Decision(promote, gain, threshold,
-                    f"headline {headline(new):.4f} {verb} champion {headline(champion):.4f} by more than "
-                    f"{threshold:.4f} (z = {z} × SE; gain {gain:+.4f})")
+    beats = gain > threshold
+    checks = second_opinion_checks(new, champion, z)
+    unmatched = tuple(c.part for c in checks or [] if c.unmatched)
+    flagged = bool(unmatched)
+    promote = beats and not flagged
+    verb = "beats" if beats else "does not beat"
+    reason = (f"headline {headline(new):.4f} {verb} champion {headline(champion):.4f} by more than "
+              f"{threshold:.4f} (z = {z} × SE; gain {gain:+.4f})")
+    second_gain = None
+    if checks is None:
+        reason += "; no second opinion to check it against"
+    else:
+        second_gain = sum(c.second_gain for c in checks) / len(checks)
+        if flagged:
+            reason += ("; FLAGGED, not promoted: the second opinion does not match the reward-model gain on " +
+                       ", ".join(f"{c.part} ({c.reward_gain:+.4f} vs {c.second_gain:+.4f}, gap > {c.threshold:.4f})"
+                                 for c in checks if c.unmatched))
+        else:
+            reason += f"; the second opinion agrees (its gain {second_gain:+.4f})"
+    return Decision(promote, gain, threshold, reason, flagged, second_gain, unmatched)

@@ -54,3 +54,51 @@ def test_overrides_set_params_like_dvc_exp_and_name_bad_keys(tmp_path):
                        ({"gpo.yaml:train.lr": -1}, "gpo.yaml")):
         with pytest.raises(GpoError, match=match):
             apply_overrides(ws, bad)
+
+
+# --- the reward-hacking guard: the second opinion must match the reward-model gain ------------------
+def with_second(s, acc, acc_ci, ocr, ocr_ci):
+    second = summary(acc, acc_ci, ocr, ocr_ci)
+    return {**s, "second/counting/heldout": second["counting/heldout"], "second/text/heldout": second["text/heldout"]}
+
+
+def test_a_reward_gain_the_second_opinion_does_not_see_is_flagged_and_not_promoted():
+    champ = with_second(summary(0.5, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)
+    new = with_second(summary(0.7, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)  # +0.20 counting, second sees +0
+    d = decide(new, champ, 1.0)
+    assert d.gain == pytest.approx(0.1) and d.gain > d.threshold  # the headline alone would promote
+    # gap 0.20 on counting; its threshold: z · sqrt(4 · (0.05/1.96)²) = 2 · 0.025510 = 0.051021
+    assert d.flagged and not d.promote and d.unmatched == ("counting/heldout accuracy",)
+    assert d.second_gain == pytest.approx(0.0) and "FLAGGED" in d.reason and "0.0510" in d.reason
+    assert d.to_dict()["unmatched"] == ["counting/heldout accuracy"] and d.to_dict()["flagged"] is True
+
+
+def test_the_gap_must_exceed_z_standard_errors_of_the_four_intervals():
+    champ = with_second(summary(0.5, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)
+    # counting gap threshold at z = 1: 0.051021 (above); the second opinion sees +0.15 of +0.20
+    inside = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.65, 0.05, 0.6, 0.03), champ, 1.0)
+    assert not inside.flagged and inside.promote and inside.second_gain == pytest.approx(0.075)
+    # +0.148 of +0.20: gap 0.052 > 0.051021
+    outside = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.648, 0.05, 0.6, 0.03), champ, 1.0)
+    assert outside.flagged and not outside.promote
+    # text: its threshold sqrt(4 · (0.03/1.96)²) = 0.030612; +0.05 of reward seen as +0.015: gap 0.035
+    text = decide(with_second(summary(0.5, 0.05, 0.65, 0.03), 0.5, 0.05, 0.615, 0.03), champ, 1.0)
+    assert text.flagged and text.unmatched == ("text/heldout mean_reward",)
+
+
+def test_without_a_second_opinion_the_rule_is_the_headline_alone():
+    champ = summary(0.5, 0.05, 0.6, 0.03)
+    d = decide(summary(0.7, 0.05, 0.6, 0.03), champ, 1.0)
+    assert d.promote and not d.flagged and d.second_gain is None and "no second opinion" in d.reason
+    # one side without it (an evaluation from before the second opinion): no check either
+    d = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03), champ, 1.0)
+    assert d.promote and not d.flagged
+
+
+def test_a_flag_never_promotes_and_a_loss_both_see_is_not_flagged():
+    champ = with_second(summary(0.5, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)
+    worse = decide(with_second(summary(0.3, 0.05, 0.6, 0.03), 0.3, 0.05, 0.6, 0.03), champ, 1.0)
+    assert not worse.promote and not worse.flagged
+    # the second opinion sees a larger gain than the reward model: nothing to flag
+    better = decide(with_second(summary(0.6, 0.05, 0.6, 0.03), 0.8, 0.05, 0.6, 0.03), champ, 1.0)
+    assert better.promote and not better.flagged
