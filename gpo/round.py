@@ -335,27 +335,35 @@ def rounds_table(folder: Path, n: Optional[int] = None) -> list[dict]:
                     if summary.exists() else {})
         rows.append({"round": i, "model": r["model_out"], "headline": r["headline"], "metrics": r["metrics"],
                      "seconds": r["seconds"], "champion": champ["round"] == i, "started_from": r["model_in"],
-                     "version": r.get("version"), "by_count": by_count})
+                     "version": r.get("version"), "by_count": by_count, "decision": r.get("decision")})
         i += 1
     return rows
 
 
 def rounds_markdown(rows: list[dict]) -> str:
+    """The per-round table. The second opinion (gpo/rewards/second_opinion.py) stands beside the reward
+    models; `flag` names a round whose reward-model gain the second opinion does not match (never promoted)."""
     lines = ["| round | counting acc (held-out) | OCR mean reward (held-out) | OCR exact | unseen words: OCR reward | "
-             "generate s | score s | train s | evaluate s | champion |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "second opinion: counting acc | second opinion: OCR reward | "
+             "generate s | score s | train s | evaluate s | champion | flag |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, s = r["metrics"], r["seconds"]
 
-        def ci(k):
-            return f"{m[k]:.3f} [{m[k + '_low']:.3f}, {m[k + '_high']:.3f}]"
+        def ci(k):  # blank where the metric is absent (the second opinion of an older evaluation)
+            return f"{m[k]:.3f} [{m[k + '_low']:.3f}, {m[k + '_high']:.3f}]" if k in m else ""
 
         def sec(k):  # blank where a step did not run (round 0: the base)
             return f"{s[k]:.0f}" if k in s else ""
 
+        d = r.get("decision") or {}
+        flag = ("reward-model gain not matched by the second opinion: " + ", ".join(d.get("unmatched") or [])
+                if d.get("flagged") else "")
         lines.append(f"| {r['round']} | {ci('counting_heldout_accuracy')} | {ci('text_heldout_mean_reward')} | "
                      f"{ci('text_heldout_accuracy')} | {ci('text_heldout_words_mean_reward')} | "
+                     f"{ci('second_counting_heldout_accuracy')} | {ci('second_text_heldout_mean_reward')} | "
                      f"{sec('generate')} | {sec('score')} | {sec('train')} | {sec('evaluate')} | "
-                     f"{'yes' if r['champion'] else ''} |")
+                     f"{'yes' if r['champion'] else ''} | {flag} |")
     counts = sorted({int(c) for r in rows for c in r.get("by_count", {})})
     if counts:  # a "draw fewer" shift shows here: large counts falling while small ones rise
         lines += ["", "| round | " + " | ".join(f"counting acc, {c} asked" for c in counts) + " |",

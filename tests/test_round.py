@@ -45,7 +45,7 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     assert (r1 / "train" / "pipeline" / "model_index.json").exists()
     record = json.loads((r1 / "eval" / "round.json").read_text())
     assert set(record["seconds"]) == {"generate", "score", "train", "evaluate"}
-    assert set(record["decision"]) == {"promote", "gain", "threshold", "reason"}
+    assert set(record["decision"]) == {"promote", "gain", "threshold", "reason", "flagged", "second_gain", "unmatched"}
     # round 2 starts from the best model so far
     champion_after_1 = rows[1]["model"] if rows[1]["champion"] else str(base)
     assert rows[2]["started_from"] == champion_after_1
