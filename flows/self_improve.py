@@ -49,7 +49,10 @@ def stage(name: str, root: str) -> str:
 
 def run_stage(name: str, root: Path) -> str:
     base = name.split("@")[0]
-    return stage.with_options(retries=RETRIES[base], retry_delay_seconds=5)(name, str(root))
+    # name=: Prefect names a task run `<task name>-<3 chars>` while it is pending and applies
+    # task_run_name only once it starts, so a task named `stage` showed as `stage-086` in the UI
+    return stage.with_options(name=name, task_run_name=name, retries=RETRIES[base],
+                              retry_delay_seconds=5)(name, str(root))
 
 
 def _round_artifact(ws: Workspace, index: int) -> dict:
