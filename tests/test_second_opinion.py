@@ -193,3 +193,28 @@ def test_a_model_that_pleases_the_reward_model_only_is_flagged_and_never_promote
     real = decide(honest, champion, z=1.0)  # a real improvement passes the guard
     assert honest[so]["accuracy"]["value"] >= 0.97
     assert real.promote and not real.flagged
+
+
+def test_the_round_table_shows_the_second_opinion_and_the_flag():
+    from gpo.round import rounds_markdown
+
+    def metrics(acc, second):
+        m = {}
+        for k, v in (("counting_heldout_accuracy", acc), ("text_heldout_mean_reward", 0.6), ("text_heldout_accuracy", 0.2),
+                     ("text_heldout_words_mean_reward", 0.4), ("second_counting_heldout_accuracy", second),
+                     ("second_text_heldout_mean_reward", 0.6)):
+            m.update({k: v, k + "_low": v - 0.05, k + "_high": v + 0.05})
+        return m
+
+    flagged = {"promote": False, "gain": 0.1, "threshold": 0.02, "reason": "r", "flagged": True, "second_gain": 0.0,
+               "unmatched": ["counting/heldout accuracy"]}
+    rows = [{"round": 0, "metrics": metrics(0.5, 0.5), "seconds": {}, "champion": True, "decision": None},
+            {"round": 1, "metrics": metrics(0.7, 0.5), "seconds": {"train": 3.0}, "champion": False, "decision": flagged}]
+    md = rounds_markdown(rows).splitlines()
+    assert "second opinion: counting acc" in md[0] and md[0].endswith("| champion | flag |")
+    assert md[2].startswith("| 0 | 0.500 [0.450, 0.550] |") and md[2].endswith("| yes |  |")
+    assert "| 0.700 [0.650, 0.750] |" in md[3] and "| 0.500 [0.450, 0.550] | 0.600 [0.550, 0.650] |" in md[3]
+    assert md[3].endswith("|  | reward-model gain not matched by the second opinion: counting/heldout accuracy |")
+    old = [{"round": 0, "metrics": {k: v for k, v in metrics(0.5, 0.5).items() if not k.startswith("second")},
+            "seconds": {}, "champion": True}]  # a record from before the second opinion: blank cells
+    assert "| 0.400 [0.350, 0.450] |  |  |" in rounds_markdown(old)
