@@ -191,6 +191,12 @@ def write_prompts(prompts: list[Prompt], path: Path) -> None:
     atomic_write_text(path, "".join(json.dumps(asdict(p)) + "\n" for p in prompts))
 
 
+# what a row must carry, and how to write it (the fix of a row that lacks one)
+REQUIRED_FIELDS = {"text": '"text": "<the prompt sentence>"',
+                   "task": '"task": "counting" (with "cls" and "count") or "text" (with "word")',
+                   "split": '"split": "train", "heldout" or "heldout_words"'}
+
+
 def read_prompts(path: Path, *, task: str | None = None, split: str | None = None) -> list[Prompt]:
     """Read a prompt table written by `write_prompts`, validating each row."""
     path = Path(path)
@@ -208,6 +214,12 @@ def read_prompts(path: Path, *, task: str | None = None, split: str | None = Non
             unknown = set(row) - fields
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}")
+            missing = [k for k in REQUIRED_FIELDS if k not in row]
+            if missing:
+                raise GpoError(f"prompt row {n} has no {' / '.join(missing)} field", file=f"{path}:{n}",
+                               field=missing[0], value=line[:200],
+                               fix=f"add {', '.join(REQUIRED_FIELDS[k] for k in missing)} to row {n}, or "
+                                   "regenerate the file with `gpo prompts`")
             prompt = Prompt(**row)
             _check_row(prompt)
         except (ValueError, TypeError) as err:

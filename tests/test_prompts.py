@@ -132,3 +132,18 @@ def test_balanced_sample_takes_at_most_the_pool():
 
     pool = [p for p in build_prompts(PromptParams()) if p.task == "counting" and p.split == "train"][:5]
     assert sorted(p.text for p in balanced_sample(pool, 50, random.Random(0))) == sorted(p.text for p in pool)
+
+
+@pytest.mark.parametrize("missing", ["task", "split", "text"])
+def test_a_row_missing_a_field_names_the_row_the_field_and_the_fix(tmp_path, missing):
+    row = {"text": "two red circles", "task": "counting", "split": "train", "cls": "circle", "count": 2}
+    del row[missing]
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "one red circle", "task": "counting", "split": "train", "cls": "circle",
+                                "count": 1}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(GpoError) as err:
+        P.read_prompts(path)
+    msg = str(err.value)
+    assert f"prompt row 2 has no {missing} field" in msg and f"{path}:2" in msg and f"field: {missing}" in msg
+    assert f'add "{missing}": ' in msg and "gpo prompts" in msg
+    assert "__init__" not in msg and "positional argument" not in msg
