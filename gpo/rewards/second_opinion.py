@@ -15,9 +15,9 @@ count and to spell. This scorer is never trained on (it scores held-out images o
 
 Its scores use the reward arithmetic of gpo/rewards/arith.py (`counting_score`, `ocr_score`), so its
 accuracy and mean reward compare one to one with the reward models'. It returns None for a prompt it
-cannot judge (a class that is not one of the world's shapes, a word that is not 1–3 letters A–Z),
-or for an image that is not of the world's size, and those images are left out of its metrics. Chosen and calibrated by measurement:
-`python benchmarks/second_opinion.py` (benchmarks/results/second_opinion.md).
+cannot judge (a class that is not one of the world's shapes, a word that is not 1–3 letters A–Z) or
+for an image that is not of the world's size; those images are left out of its metrics. Chosen and
+calibrated by measurement: `python benchmarks/second_opinion.py` (docs/second_opinion.md).
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def _shape(fill: float, s: CountSettings) -> str:
     return "square" if fill >= s.square_fill else "circle" if fill >= s.circle_fill else "triangle"
 
 
-def _split(mask: np.ndarray, typical: float) -> list[np.ndarray]:
-    """A component larger than ~1.6 objects is cut by watershed from its distance-transform peaks."""
+def _split(mask: np.ndarray) -> list[np.ndarray]:
+    """A component too large for one object, cut by watershed from its distance-transform peaks."""
     from skimage.segmentation import watershed
 
     dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
@@ -120,7 +120,7 @@ def blobs(image: Image.Image, s: CountSettings = CountSettings(),
         parts.append(comp)
     if s.split and parts:
         typical = float(np.median([p.sum() for p in parts]))
-        parts = [q for p in parts for q in (_split(p, typical) if p.sum() > 1.6 * max(typical, 36.0) else [p])]
+        parts = [q for p in parts for q in (_split(p) if p.sum() > 1.6 * max(typical, 36.0) else [p])]
     taken = np.zeros_like(mask)
     for comp in parts:
         taken |= comp
