@@ -7,9 +7,11 @@ its headline gain exceeds z standard errors of the difference of two independent
 The reward-hacking guard: where both summaries carry the second opinion (gpo/rewards/second_opinion.py,
 summary keys second/<task>/<split>), each headline part's reward-model gain must be matched by the
 second opinion's gain on the same part. A part whose reward-model gain exceeds the second opinion's by
-more than z standard errors of that gap (the four intervals' SEs combined as independent: conservative,
-a gap inside the evaluations' noise is never flagged) flags the round, and a flagged round is never
-promoted, however large its headline gain.
+more than GUARD_Z standard errors of that gap (the four intervals' SEs combined as independent:
+conservative, a gap inside the evaluations' noise is never flagged) flags the round, and a flagged round
+is never promoted, however large its headline gain. GUARD_Z is the guard's own: promotion.z says how
+eager promotion is (z = 0 promotes any gain), not how sure a disagreement must be before it is called
+one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def headline_se(summary: dict) -> float:
 
 
 SECOND = "second/"  # the second opinion's summary keys: second/<task>/<split> (gpo/evaluate.py)
+GUARD_Z = Z95  # the guard flags a gap beyond the 95% intervals (a module constant until params has a field)
 
 
 def _se(entry: dict) -> float:
@@ -45,14 +48,14 @@ class Check:
     part: str  # e.g. counting/heldout accuracy
     reward_gain: float
     second_gain: float
-    threshold: float  # z · SE of (reward_gain − second_gain)
+    threshold: float  # guard z · SE of (reward_gain − second_gain)
 
     @property
     def unmatched(self) -> bool:
         return self.reward_gain - self.second_gain > self.threshold
 
 
-def second_opinion_checks(new: dict, champion: dict, z: float) -> list[Check] | None:
+def second_opinion_checks(new: dict, champion: dict, z: float = GUARD_Z) -> list[Check] | None:
     """Per headline part, the reward-model gain and the second opinion's; None when either summary lacks
     the second opinion on a part (real models, or an evaluation from before it existed)."""
     checks = []
@@ -83,11 +86,12 @@ class Decision:
         return d
 
 
-def decide(new: dict, champion: dict, z: float) -> Decision:
+def decide(new: dict, champion: dict, z: float, guard_z: float = GUARD_Z) -> Decision:
+    """Promote when the headline gain exceeds z SEs and the second opinion matches it (`guard_z`)."""
     gain = headline(new) - headline(champion)
     threshold = z * math.sqrt(headline_se(new) ** 2 + headline_se(champion) ** 2)
     beats = gain > threshold
-    checks = second_opinion_checks(new, champion, z)
+    checks = second_opinion_checks(new, champion, guard_z)
     unmatched = tuple(c.part for c in checks or [] if c.unmatched)
     flagged = bool(unmatched)
     promote = beats and not flagged

@@ -65,7 +65,7 @@ def with_second(s, acc, acc_ci, ocr, ocr_ci):
 def test_a_reward_gain_the_second_opinion_does_not_see_is_flagged_and_not_promoted():
     champ = with_second(summary(0.5, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)
     new = with_second(summary(0.7, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)  # +0.20 counting, second sees +0
-    d = decide(new, champ, 1.0)
+    d = decide(new, champ, 1.0, guard_z=1.0)
     assert d.gain == pytest.approx(0.1) and d.gain > d.threshold  # the headline alone would promote
     # gap 0.20 on counting; its threshold: z · sqrt(4 · (0.05/1.96)²) = 2 · 0.025510 = 0.051021
     assert d.flagged and not d.promote and d.unmatched == ("counting/heldout accuracy",)
@@ -76,14 +76,25 @@ def test_a_reward_gain_the_second_opinion_does_not_see_is_flagged_and_not_promot
 def test_the_gap_must_exceed_z_standard_errors_of_the_four_intervals():
     champ = with_second(summary(0.5, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)
     # counting gap threshold at z = 1: 0.051021 (above); the second opinion sees +0.15 of +0.20
-    inside = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.65, 0.05, 0.6, 0.03), champ, 1.0)
+    inside = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.65, 0.05, 0.6, 0.03), champ, 1.0, guard_z=1.0)
     assert not inside.flagged and inside.promote and inside.second_gain == pytest.approx(0.075)
     # +0.148 of +0.20: gap 0.052 > 0.051021
-    outside = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.648, 0.05, 0.6, 0.03), champ, 1.0)
+    outside = decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.648, 0.05, 0.6, 0.03), champ, 1.0, guard_z=1.0)
     assert outside.flagged and not outside.promote
     # text: its threshold sqrt(4 · (0.03/1.96)²) = 0.030612; +0.05 of reward seen as +0.015: gap 0.035
-    text = decide(with_second(summary(0.5, 0.05, 0.65, 0.03), 0.5, 0.05, 0.615, 0.03), champ, 1.0)
+    text = decide(with_second(summary(0.5, 0.05, 0.65, 0.03), 0.5, 0.05, 0.615, 0.03), champ, 1.0, guard_z=1.0)
     assert text.flagged and text.unmatched == ("text/heldout mean_reward",)
+
+
+def test_the_guard_has_its_own_z_at_the_95_percent_intervals_whatever_promotion_z_is():
+    champ = with_second(summary(0.5, 0.05, 0.6, 0.03), 0.5, 0.05, 0.6, 0.03)
+    # counting gap 0.08: above 1 SE (0.051021) of the gap, inside 1.96 SEs (0.1) of it
+    new = with_second(summary(0.7, 0.05, 0.6, 0.03), 0.62, 0.05, 0.6, 0.03)
+    for z in (0.0, 1.0):  # z = 0 promotes any headline gain; it does not make the guard fire on noise
+        d = decide(new, champ, z)
+        assert d.promote and not d.flagged
+    assert decide(new, champ, 0.0, guard_z=1.0).flagged
+    assert decide(with_second(summary(0.7, 0.05, 0.6, 0.03), 0.59, 0.05, 0.6, 0.03), champ, 0.0).flagged  # gap 0.11
 
 
 def test_without_a_second_opinion_the_rule_is_the_headline_alone():
