@@ -7,14 +7,51 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import warnings
+
 import typer
+from typer.core import TyperArgument, TyperCommand
 
 from gpo import params as P
 from gpo.env import workspace
 from gpo.errors import GpoError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# EasyOCR builds its recognizer's DataLoader with pin_memory=True (easyocr/recognition.py, not ours);
+# without an accelerator torch does not pin and warns once per DataLoader, i.e. every evaluation of
+# every round. Known harmless: silenced once, for this one message, here (the flow runs stages through
+# this module too).
+warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator is found",
+                        category=UserWarning)
+
+
+class _Command(TyperCommand):
+    """Usage lines the way click writes them (`gpo generate [OPTIONS] PROMPT...`), not `{prompt}...`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper().removesuffix("...")
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+# rich_markup_mode=None: click's plain help. Typer's rich panels print a `<bool>` type beside every flag
+# (--help included) and keep the docstrings' line breaks in the command list. Each command's docstring
+# opens with a one-sentence summary short enough for that list at 80 columns (tests/test_cli.py).
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Group Preference Optimization: self-improving text-to-image diffusion models.")
+_command = app.command
+
+
+def command(name: str):
+    return _command(name, cls=_Command)
+
+
+app.command = command  # every command below uses _Command
 ParamsOpt = typer.Option(Path("params"), "--params", help="folder holding world/pretrain/rewards/eval/models.yaml")
 PromptsOpt = typer.Option(Path("data/prompts.jsonl"), "--prompts", help="prompt table written by `gpo prompts`")
 
@@ -34,7 +71,10 @@ def params_cmd(params: Path = ParamsOpt,
                overwrite: bool = typer.Option(False, "--overwrite", help="with --write: replace existing files"),
                sync: bool = typer.Option(False, "--sync", help="rewrite params/graph.yaml (the DVC stage graph) from "
                                          "run.yaml and gpo.yaml, e.g. after editing groups.iterations by hand")):
-    """Validate the params files (or write the commented defaults) and the stage graph derived from them."""
+    """Validate params/*.yaml (or write the defaults).
+
+    Checks every file against its schema, that models.yaml `base:` is a pipeline folder, and that the
+    stage graph (params/graph.yaml) matches run.yaml and gpo.yaml."""
     from gpo.graph import check_graph, write_graph
 
     folder = _resolve(params)
@@ -42,6 +82,8 @@ def params_cmd(params: Path = ParamsOpt,
         for path in P.write_defaults(folder, overwrite=overwrite):
             typer.echo(f"wrote {path}")
     for name, obj in P.load_all(folder).items():
+        if name == "models.yaml":  # a base folder that is not there would fail only at the first stage
+            P.check_base(obj, folder / name, workspace())
         typer.echo(f"{name}: ok ({len(obj.model_dump_json())} bytes of settings)")
     if sync or write:
         typer.echo(f"wrote {write_graph(folder)}")
@@ -52,7 +94,9 @@ def params_cmd(params: Path = ParamsOpt,
 @app.command("prompts")
 def prompts_cmd(params: Path = ParamsOpt,
                 out: Path = typer.Option(Path("data/prompts.jsonl"), help="prompt table to write")):
-    """Curate the prompt table (counting + text; train / heldout / heldout_words splits)."""
+    """Curate the prompt table (data/prompts.jsonl).
+
+    Counting and text prompts in the splits train, heldout and heldout_words."""
     from collections import Counter
 
     from gpo.prompts import write_prompts
@@ -68,7 +112,9 @@ def prompts_cmd(params: Path = ParamsOpt,
 @app.command("pretrain")
 def pretrain_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/pretrain"), help="output folder"),
                  steps: Optional[int] = typer.Option(None, help="override pretrain.steps")):
-    """Pretrain the embedded base model on rendered images (resumes from the newest snapshot in OUT)."""
+    """Pretrain the embedded base model on rendered images.
+
+    Resumes from the newest snapshot in --out."""
     from gpo.pretrain import pretrain
 
     cfg = _load(params, "pretrain.yaml")
@@ -80,7 +126,9 @@ def pretrain_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/p
 
 @app.command("detector")
 def detector_cmd(params: Path = ParamsOpt, out: Path = typer.Option(Path("data/detector"), help="output folder")):
-    """Train the counting reward model (YOLO from its yaml) on rendered shapes."""
+    """Train the YOLO counting reward on rendered shapes.
+
+    YOLO from its architecture yaml (rewards.yaml detector), trained from scratch."""
     from gpo.rewards.detector import train_detector
 
     r = _load(params, "rewards.yaml")
@@ -93,14 +141,27 @@ def calibrate_cmd(params: Path = ParamsOpt, model: Optional[Path] = typer.Option
                   "(default: models.yaml base)"), prompts: Path = PromptsOpt,
                   out: Path = typer.Option(Path("data/calibration"), help="report folder"),
                   metrics: Path = typer.Option(Path("data/metrics/calibration.json"), help="flat metrics (DVC)")):
-    """Check the reward models on ground truth and measure the base model on held-out prompts."""
+    """Check the reward models, measure the base model.
+
+    The reward models on rendered ground truth, the base model (models.yaml `base:` unless --model) on
+    the held-out prompts."""
     from gpo.calibrate import calibrate
     from gpo.model.build import load_pipeline
     from gpo.prompts import read_prompts
 
-    model_path = _resolve(model or _load(params, "models.yaml").base)
     e = _load(params, "eval.yaml").eval
-    result = calibrate(_load(params, "world.yaml"), e, read_prompts(_resolve(prompts)), load_pipeline(model_path),
+    if model is not None:
+        model_path = _resolve(model)
+        pipe = load_pipeline(model_path)
+    else:  # the base of params/models.yaml: an error names that setting, not only the folder
+        models = _load(params, "models.yaml")
+        try:
+            model_path = P.check_base(models, _resolve(params) / "models.yaml", workspace())
+            pipe = load_pipeline(model_path)
+        except GpoError as err:
+            raise GpoError(str(err).split("\n  ")[0], file=err.file, field=f"{params}/models.yaml: base",
+                           value=models.base, fix=err.fix) from None
+    result = calibrate(_load(params, "world.yaml"), e, read_prompts(_resolve(prompts)), pipe,
                        _ws(params).scorers(), _resolve(out), model_name=str(model_path))
     from gpo.io import atomic_write_json
 
@@ -110,24 +171,45 @@ def calibrate_cmd(params: Path = ParamsOpt, model: Optional[Path] = typer.Option
 
 
 @app.command("generate")
-def generate_cmd(prompt: list[str] = typer.Argument(..., help="one or more prompts"),
+def generate_cmd(prompt: list[str] = typer.Argument(..., metavar="PROMPT", help="one or more prompts, each in "
+                                                    "quotes (e.g. 'three red circles')"),
                  model: Path = typer.Option(Path("release/base"), help="pipeline folder"),
                  seed: int = typer.Option(0, help="seed of the first image"),
-                 n: int = typer.Option(4, help="images per prompt"),
+                 n: int = typer.Option(4, help="images per prompt (>= 1)"),
                  out: Path = typer.Option(Path("data/samples"), help="folder for PNGs"),
-                 steps: int = typer.Option(20), guidance: float = typer.Option(3.0)):
-    """Generate images from a prompt with a saved pipeline (what a user of the model does)."""
+                 steps: Optional[int] = typer.Option(None, help="sampler steps  [default: eval.steps of "
+                                                     "params/eval.yaml]"),
+                 guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale  [default: "
+                                                          "eval.guidance_scale of params/eval.yaml]"),
+                 params: Path = ParamsOpt):
+    """Generate images from prompts with a saved pipeline.
+
+    What a user of the model does: `gpo generate 'three red circles' '"CAT" on a sign' --n 4`. The sampler
+    settings default to params/eval.yaml, the ones every evaluation uses."""
     from gpo.generate import generate
     from gpo.model.build import load_pipeline
     from gpo.paths import safe_name
 
+    blank = [p for p in prompt if not p.strip()]
+    if blank:
+        raise GpoError("a prompt is empty: there is nothing to draw", field="PROMPT", value=blank[0],
+                       fix="give the text to draw, in quotes: gpo generate 'three red circles'")
+    if n < 1:
+        raise GpoError("--n is the number of images per prompt and must be at least 1", field="--n", value=n,
+                       fix="e.g. --n 4 (the default)")
+    sampling = _load(params, "eval.yaml").eval  # one source of truth: the sampler every evaluation uses
+    steps = sampling.steps if steps is None else steps
+    guidance = sampling.guidance_scale if guidance is None else guidance
+    if steps < 1:
+        raise GpoError("--steps must be at least 1", field="--steps", value=steps,
+                       fix=f"leave it out for eval.steps of params/eval.yaml ({sampling.steps})")
     pipe = load_pipeline(_resolve(model))
     texts = [p for p in prompt for _ in range(n)]
     seeds = [seed + i for _ in prompt for i in range(n)]
     folder = _resolve(out)
     folder.mkdir(parents=True, exist_ok=True)
     for text, s, image in zip(texts, seeds, generate(pipe, texts, seeds, steps=steps, guidance_scale=guidance,
-                                                     batch_size=32)):
+                                                     batch_size=sampling.batch_size)):
         path = folder / f"{safe_name(text)}-seed{s}.png"
         image.save(path)
         typer.echo(str(path))
@@ -143,8 +225,10 @@ def detector_threshold_cmd(
         current: float = typer.Option(0.4, help="the τ in use now (rewards.yaml detector.conf), reported for comparison"),
         thresholds: Optional[str] = typer.Option(None, help="comma-separated τ values (default 0.05..0.95 by 0.05)"),
         device: str = typer.Option("cpu", help="torch device of the detector (cpu, cuda:0)")):
-    """Calibrate the counting detector's confidence threshold τ: sweep it on a labelled folder, pick the one
-    with the best exact-count accuracy, write a JSON report (set the result as rewards.yaml detector.conf)."""
+    """Calibrate the counting detector's confidence τ.
+
+    Sweeps τ on a labelled folder, picks the one with the best exact-count accuracy and writes a JSON
+    report (set the result as rewards.yaml detector.conf)."""
     from gpo.rewards.threshold import calibrate_threshold, markdown
 
     taus = None
@@ -173,8 +257,10 @@ def real_prompts_cmd(
         seed: int = typer.Option(0, help="seed of the held-out draws"),
         detector: Optional[Path] = typer.Option(None, help="YOLO weights: check every class is one it can count"),
         world: Optional[Path] = typer.Option(None, help="also write a world.yaml whose `gpo prompts` makes this table")):
-    """Counting and text prompts for a real model (COCO classes × counts; quoted words), same grammar and
-    splits as the embedded world."""
+    """Prompts for a real model (COCO classes, words).
+
+    Counting prompts (COCO classes × counts) and text prompts (quoted words), with the grammar and the
+    splits of the embedded world."""
     from collections import Counter
 
     from gpo.prompts import COCO_CLASSES, REAL_TEMPLATES, REAL_WORDS, real_model_prompts, write_prompts
@@ -231,13 +317,15 @@ RoundsDirOpt = typer.Option(Path("data/rounds"), "--rounds-dir", help="folder of
 
 
 @app.command("stage")
-def stage_cmd(step: str = typer.Argument(..., help="base | generate | score | train | evaluate"),
+def stage_cmd(step: str = typer.Argument(..., metavar="STEP", help="base | generate | score | train | evaluate"),
               index: int = typer.Option(0, "--round", help="round number (>= 1; base is round 0)"),
               iteration: int = typer.Option(1, "--iteration", help="generate, score, train: which of the round's "
                                             "groups.iterations (1..N)"),
               params: Path = ParamsOpt, rounds_dir: Path = RoundsDirOpt,
               track: bool = typer.Option(True, help="log the round to MLflow and register its model (evaluate, base)")):
-    """Run one stage of one round: what each DVC stage of dvc.yaml runs."""
+    """Run one step of one round (what a DVC stage runs).
+
+    Each stage of dvc.yaml is this command."""
     from gpo.stages import run_stage
 
     ws = _ws(params)
@@ -250,8 +338,10 @@ def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rou
             params: Path = ParamsOpt,
             out: Path = typer.Option(Path("data/direct"), help="folder of round folders"),
             track: bool = typer.Option(False, help="log rounds to MLflow and register models")):
-    """Chain rounds by calling the step functions directly (no DVC, no Prefect): tuning and benchmarks.
-    Round 0 is the calibration's evaluation of the base; each round starts from the champion so far."""
+    """Chain rounds in one process (no DVC, no Prefect).
+
+    Calls the step functions directly: for tuning and benchmarks. Round 0 is the calibration's
+    evaluation of the base; each round starts from the champion so far."""
     from gpo.round import rounds_markdown, run_rounds
 
     ws = _ws(params)
@@ -271,7 +361,9 @@ def run_cmd(rounds: int = typer.Option(2, "--rounds", min=1, help="number of rou
 def table_cmd(rounds_dir: Path = RoundsDirOpt,
               out: Optional[Path] = typer.Option(None, help="also write rounds.md/json and the curves here "
                                                  "(the DVC report stage: data/metrics)")):
-    """Print the per-round table (held-out accuracies with intervals, time split, champion)."""
+    """Print the per-round table.
+
+    Held-out accuracies with intervals, the time split per step and the champion."""
     from gpo.round import rounds_markdown, rounds_table, write_report
 
     if out is not None:
@@ -282,16 +374,25 @@ def table_cmd(rounds_dir: Path = RoundsDirOpt,
 
 @app.command("champion")
 def champion_cmd(params: Path = ParamsOpt):
-    """Show the registered champion version and the history of the alias."""
+    """Show the champion version, its pipeline, the history.
+
+    The registered version holding the alias `champion`, the local pipeline folder to load it from, and
+    every move of the alias."""
     t = _ws(params).tracker()
-    typer.echo(json.dumps({"model": t.p.model_name, "champion": t.champion(), "history": t.history()}, indent=1))
+    version = t.champion()
+    pipeline = str(t.version_path(version)) if version is not None else None
+    typer.echo(json.dumps({"model": t.p.model_name, "champion": version, "pipeline": pipeline,
+                           "uri": f"models:/{t.p.model_name}@champion" if version is not None else None,
+                           "history": t.history()}, indent=1))
 
 
 @app.command("promote")
 def promote_cmd(version: int = typer.Argument(..., help="registered model version"),
                 reason: str = typer.Option(..., "--reason", help="why (recorded on the version and in the history)"),
                 params: Path = ParamsOpt):
-    """Make a registered version the champion by hand; the next round starts from it (params/run.yaml)."""
+    """Make a registered version the champion by hand.
+
+    The next round starts from it (pinned in params/run.yaml)."""
     from gpo.stages import pin_next_round
 
     ws = _ws(params)
@@ -301,7 +402,9 @@ def promote_cmd(version: int = typer.Argument(..., help="registered model versio
 
 @app.command("rollback")
 def rollback_cmd(reason: str = typer.Option(..., "--reason", help="why (recorded)"), params: Path = ParamsOpt):
-    """Move the champion back to the previous one in the alias history; the next round starts from it."""
+    """Move the champion back to the previous one.
+
+    The previous one in the alias history; the next round starts from it."""
     from gpo.stages import pin_next_round
 
     ws = _ws(params)
@@ -314,7 +417,9 @@ def release_cmd(pretrained: Path = typer.Option(Path("data/pretrain"), help="out
                 detector: Path = typer.Option(Path("data/detector"), help="output of `gpo detector`"),
                 calibration: Path = typer.Option(Path("data/calibration"), help="output of `gpo calibrate`"),
                 to: Path = typer.Option(Path("release"), help="release folder (tracked by git)")):
-    """Copy rebuilt weights (+ their params and calibration) into the release folder shipped in git."""
+    """Copy rebuilt weights into release/ (shipped in git).
+
+    The weights of `gpo pretrain` and `gpo detector`, their params and their calibration."""
     from gpo.release import release
 
     typer.echo(f"released into {release(_resolve(pretrained), _resolve(detector), _resolve(calibration), _resolve(to))}")

@@ -168,6 +168,18 @@ class SamplingParams(Strict):
     guidance_scale: float = Field(2.0, ge=1, description="classifier-free guidance scale (2: the best held-out counting "
                                   "of the sweep, text level with 3; 4.5 over-draws)")
     batch_size: int = Field(64, ge=1, description="images generated per forward pass")
+    solver: Literal["default", "ddim", "dpm++", "unipc"] = Field(
+        "default", description="ODE solver of the sampler, built from the model's own noise schedule "
+        "(gpo/model/sampler.py): default = the model's scheduler (DDIM for the embedded model), ddim, dpm++ "
+        "(DPM-Solver++ 2M), unipc (UniPC 2nd order); training always uses the model's scheduler")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="denoiser precision while sampling: fp32, or bf16 autocast (weights stay float32; "
+        "guidance and the ODE step stay float32)")
+
+    def sampler_kwargs(self) -> dict:
+        """The keyword arguments of gpo.generate.generate / generate_to that these params set."""
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "batch_size": self.batch_size,
+                "solver": self.solver, "precision": self.precision}
 
 
 # --- eval.yaml ------------------------------------------------------------------------------------
@@ -356,8 +368,39 @@ def load_text(text: str, model: type[M], path: Path) -> M:
         allowed = first["msg"]
         if first["type"] == "extra_forbidden":
             allowed = f"unknown key; allowed here: {_allowed_keys(model, first['loc'][:-1])}"
+        fix = _describe(model, first["loc"])
+        if first["type"] in RANGE_ERRORS:  # quote the allowed range (and the default), not the description
+            fix = f"{key} must be {_range(model, first['loc']) or first['msg']}{_default(model, first['loc'])}"
         raise GpoError(f"invalid parameter ({allowed})", file=str(path), field=key,
-                       value=first.get("input"), fix=f"{_describe(model, first['loc'])}") from None
+                       value=first.get("input"), fix=fix) from None
+
+
+# pydantic error types of a value outside its field's bounds (Field ge/gt/le/lt, min_length/max_length)
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long"}
+
+
+def _range(model: type[Strict], loc: tuple) -> str:
+    """A field's bounds in words: '> 0', '>= 1 and <= 8', 'a list of at least 1 item'."""
+    _, info = _field_info(model, loc)
+    if info is None:
+        return ""
+    parts = []
+    for meta in info.metadata:
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{sign} {getattr(meta, attr)}")
+        if getattr(meta, "min_length", None) is not None:
+            parts.append(f"a list of at least {meta.min_length} item{'s' * (meta.min_length != 1)}")
+        if getattr(meta, "max_length", None) is not None:
+            parts.append(f"a list of at most {meta.max_length} items")
+    return " and ".join(parts)
+
+
+def _default(model: type[Strict], loc: tuple) -> str:
+    _, info = _field_info(model, loc)
+    if info is None or info.is_required():
+        return ""
+    return f" (default: {info.get_default(call_default_factory=True)!r})"
 
 
 def _field_info(model: type[Strict], loc: tuple) -> tuple[type | None, object | None]:
@@ -385,6 +428,27 @@ def _describe(model: type[Strict], loc: tuple) -> str:
 def load_all(folder: str | Path) -> dict[str, Strict]:
     """Every params file of a folder, keyed by file name."""
     return {name: load(Path(folder) / name, model) for name, model in FILES.items()}
+
+
+def check_base(models: ModelsFile, file: str | Path, root: str | Path) -> Path:
+    """models.yaml `base:` must name a diffusers pipeline folder (relative to the workspace `root`).
+
+    Validating the YAML alone said `models.yaml: ok` for a folder that does not exist; the first stage
+    that loads it failed later, naming the folder but not the setting. Returns the resolved folder.
+    """
+    path = Path(models.base)
+    path = path if path.is_absolute() else Path(root) / path
+    what = None
+    if not path.is_dir():
+        what = "the base model folder does not exist"
+    elif not (path / "model_index.json").exists():
+        what = "the base model folder is not a diffusers pipeline (no model_index.json)"
+    if what:
+        raise GpoError(what, file=str(file), field="base", value=models.base,
+                       fix=f"set `base:` in {file} to a diffusers pipeline folder (relative to {root}; "
+                           "release/base is the shipped embedded model), or restore the shipped one with "
+                           "`git checkout -- release/base`")
+    return path
 
 
 def commented_yaml(obj: Strict, indent: int = 0) -> str:

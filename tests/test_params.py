@@ -102,3 +102,35 @@ def test_mixed_precision_no_survives_an_unquoted_yaml_no(tmp_path):
     path.write_text("train:\n  mixed_precision: yes\n")
     with pytest.raises(GpoError):
         P.load(path, P.GpoFile)
+
+
+@pytest.mark.parametrize("text,model,field,allowed", [
+    ("train:\n  beta: -1\n", P.GpoFile, "train.beta", "train.beta must be > 0 (default: 5000.0)"),
+    ("render:\n  size: 4\n", P.WorldParams, "render.size", "render.size must be >= 16 and <= 512 (default: 32)"),
+    ("pretrain:\n  cfg_dropout: 1\n", P.PretrainFile, "pretrain.cfg_dropout", "must be >= 0 and < 1"),
+    ("prompts:\n  counting:\n    counts: []\n", P.WorldParams, "prompts.counting.counts",
+     "must be a list of at least 1 item"),
+])
+def test_range_errors_quote_the_allowed_range_not_the_description(tmp_path, text, model, field, allowed):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(GpoError) as err:
+        P.load(path, model)
+    msg = str(err.value)
+    fix = msg.split("fix: ", 1)[1]
+    assert f"field: {field}" in msg and allowed in fix, msg
+    _, info = P._field_info(model, tuple(field.split(".")))
+    assert info.description not in fix and "expected:" not in fix
+
+
+def test_base_must_be_a_pipeline_folder(tmp_path, root):
+    file = tmp_path / "models.yaml"
+    assert P.check_base(P.ModelsFile(), file, root) == root / "release" / "base"
+    with pytest.raises(GpoError) as err:
+        P.check_base(P.ModelsFile(base="release/no-such-model"), file, root)
+    msg = str(err.value)
+    assert "does not exist" in msg and f"file: {file}" in msg and "field: base" in msg
+    assert "'release/no-such-model'" in msg and "git checkout -- release/base" in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GpoError, match="no model_index.json"):
+        P.check_base(P.ModelsFile(base=str(tmp_path / "empty")), file, root)

@@ -58,7 +58,9 @@ def load_pipeline(path: str | Path) -> TinyT2IPipeline:
         pipe = TinyT2IPipeline.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError, EnvironmentError) as err:
         raise GpoError(f"cannot load pipeline: {err}", file=str(path),
-                       fix="re-create it with `gpo pretrain`; only safetensors weights are accepted") from None
+                       fix="a truncated or damaged weights file: restore the shipped model with "
+                           "`git checkout -- release/base`, a round's pipeline with `dvc checkout` (it is in "
+                           "DVC's cache); only safetensors weights are accepted") from None
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = unclipped(pipe.scheduler)
     return pipe
