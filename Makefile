@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: install run test serve mlflow-ui rebuild-release
+.PHONY: install run test serve mlflow-ui rebuild-release plots exp
 
 install:
 	@scripts/install.sh
@@ -19,6 +19,13 @@ serve: install
 # MLflow UI on the project's tracking store.
 mlflow-ui: install
 	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow/mlflow.db
+
+# DVC's plots rendered offline (dvc_plots/index.html, no CDN) and the experiments' headline columns.
+plots: install
+	gpo plots
+
+exp: install
+	gpo exp
 
 test: install
 	python -m pytest -q
