@@ -6,11 +6,14 @@ model's generated held-out images.
    side, so the defaults are picked on images the calibration does not use.
 2. Calibration (rendered *held-out* prompts, the protocol of `gpo calibrate`: `eval.gt_images` per task,
    seeds from `eval.seed_offset`): exact-count accuracy, letter accuracy, exact-word accuracy.
-3. Agreement on generated images: an evaluation's score table and images (default: the calibration's
+3. Agreement on generated images: evaluations' score tables and images (default: the calibration's
    evaluation of the shipped base, data/calibration/base_scores.parquet + base_images/, scored there by
-   YOLO and EasyOCR); the second opinion scores the same images. No image is generated here.
+   YOLO and EasyOCR, then every trained model's quick evaluation in data/tuning/*/eval); the second
+   opinion scores the same images. No image is generated here.
+4. The promotion rule with its guard (gpo/promotion.py decide) for each later evaluation against the
+   first (the base) restricted to the same prompts and seeds.
 
-    python benchmarks/second_opinion.py [--eval data/calibration:base] [--eval data/rounds/round-2/eval:model]
+    python benchmarks/second_opinion.py [--eval data/calibration:base --eval data/rounds/round-2/eval:model]
 
 Writes benchmarks/results/second_opinion.{json,md}.
 """
@@ -27,9 +30,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from gpo.evaluate import summarize
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.metrics import accuracy, mean_interval
 from gpo.params import EvalParams, WorldParams
+from gpo.promotion import GUARD_Z, PARTS, decide
 from gpo.prompts import read_prompts
 from gpo.rewards import second_opinion as so
 from gpo.world.dataset import build_prompts, spec
@@ -109,8 +114,9 @@ def variant_agreement(folder: Path, name: str, prompts_file: Path, variants: dic
     return out
 
 
-def agreement(folder: Path, name: str, prompts_file: Path, sp) -> dict:
-    """The second opinion on an evaluation's images beside the reward models' scores of them."""
+def judged(folder: Path, name: str, prompts_file: Path, sp) -> tuple[pd.DataFrame, float]:
+    """An evaluation's score table (reward models) with the second opinion's columns, as gpo.evaluate
+    writes them (s_* short names for this report), and the second opinion's seconds."""
     table = pd.read_parquet(folder / f"{name}_scores.parquet")
     by_text = {p.text: p for p in read_prompts(prompts_file)}
     prompts = [by_text[t] for t in table.prompt]
@@ -118,10 +124,32 @@ def agreement(folder: Path, name: str, prompts_file: Path, sp) -> dict:
     t0 = time.time()
     second = so.SecondOpinion(sp).score(images, prompts)
     seconds = time.time() - t0
-    out = {"table": str(folder.relative_to(ROOT) / f"{name}_scores.parquet") if folder.is_relative_to(ROOT) else str(folder),
-           "images": len(table), "seconds": round(seconds, 1)}
     table = table.assign(s_raw=[x.raw if x else None for x in second], s_reward=[x.reward if x else np.nan for x in second],
                          s_correct=[x.correct if x else None for x in second])
+    return table, seconds
+
+
+def summary_of(table: pd.DataFrame) -> dict:
+    """gpo.evaluate.summarize of a judged table (the second opinion under second/<task>/<split>)."""
+    t = table.rename(columns={"s_raw": "second_raw", "s_reward": "second_reward", "s_correct": "second_correct"})
+    return summarize(t.assign(second_error=None))
+
+
+def guard(model: pd.DataFrame, base: pd.DataFrame, z: float) -> dict:
+    """The promotion rule with its guard, for a trained model against the base on the same prompts and seeds."""
+    keys = set(zip(model.prompt, model.seed))
+    same = base[[k in keys for k in zip(base.prompt, base.seed)]]
+    new, old = summary_of(model), summary_of(same)
+    d = decide(new, old, z)
+    parts = {f"{k} {m}": {"reward_gain": round(new[k][m]["value"] - old[k][m]["value"], 4),
+                          "second_gain": round(new["second/" + k][m]["value"] - old["second/" + k][m]["value"], 4)}
+             for k, m in PARTS}
+    return {"base_rows": len(same), "z": z, "guard_z": GUARD_Z, "parts": parts, **d.to_dict()}
+
+
+def agreement(table: pd.DataFrame, label: str, seconds: float) -> dict:
+    """The second opinion on an evaluation's images beside the reward models' scores of them."""
+    out = {"table": label, "images": len(table), "seconds": round(seconds, 1)}
     for (task, split), rows in table.groupby(["task", "split"]):
         rows = rows[rows["error"].isna() & rows["s_correct"].notna()]
         rm, sc = rows["correct"].astype(bool).to_numpy(), rows["s_correct"].astype(bool).to_numpy()
@@ -180,7 +208,7 @@ def markdown(r: dict) -> str:
           "; by shape: " + ", ".join(f"{k}: {v['value']:.3f}" for k, v in c["by_shape"].items()) + ".",
           f"Misses: counting {c['misses'] or 'none'}; reading {t['misses'] or 'none'}.", ""]
     for label, a in r["agreement"].items():
-        L += [f"### 3. Agreement with the reward models on `{a['table']}` ({a['images']} generated images, "
+        L += [f"### 3. Agreement with the reward models on `{label}` ({a['images']} generated images, "
               f"second opinion {a['seconds']} s)", "",
               "| task / split | n | reward model: accuracy | second opinion: accuracy | reward model: mean reward | "
               "second opinion: mean reward | agree (right/wrong) | same count / reading | both right | RM only | SO only | both wrong |",
@@ -199,15 +227,29 @@ def markdown(r: dict) -> str:
                   "| second opinion accuracy | " + " | ".join(f"{v['second']:.2f}" for v in bc.values()) + " |",
                   "| agree (right/wrong) | " + " | ".join(f"{v['agree']:.2f}" for v in bc.values()) + " |"]
         L.append("")
+    if r.get("guard_against_base"):
+        L += ["### 4. The promotion rule and its guard: trained models against the base on the same prompts and seeds", "",
+              f"`decide(model, base, z = {next(iter(r['guard_against_base'].values()))['z']})`, guard at {GUARD_Z:.2f} SE "
+              "(gpo/promotion.py). Gains: reward model / second opinion.", "",
+              "| model | counting acc gain | OCR reward gain | headline gain (threshold) | flagged | promoted |",
+              "|---|---|---|---|---|---|"]
+        for label, g in r["guard_against_base"].items():
+            c, t = g["parts"]["counting/heldout accuracy"], g["parts"]["text/heldout mean_reward"]
+            L.append(f"| `{label}` | {c['reward_gain']:+.3f} / {c['second_gain']:+.3f} | {t['reward_gain']:+.3f} / "
+                     f"{t['second_gain']:+.3f} | {g['gain']:+.4f} ({g['threshold']:.4f}) | {'yes' if g['flagged'] else 'no'} | "
+                     f"{'yes' if g['promote'] else 'no'} |")
+        L.append("")
     return "\n".join(L) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--eval", action="append", default=None,
-                    help="FOLDER:NAME of an evaluation (NAME_scores.parquet, NAME_images/); default data/calibration:base")
+                    help="FOLDER:NAME of an evaluation (NAME_scores.parquet, NAME_images/), the first one the base; "
+                         "default data/calibration:base and every data/tuning/*/eval:final (trained models)")
     ap.add_argument("--prompts", type=Path, default=ROOT / "data" / "prompts.jsonl")
     ap.add_argument("--choice-n", type=int, default=300)
+    ap.add_argument("--z", type=float, default=1.0, help="promotion z (params/run.yaml promotion.z) for the guard rows")
     a = ap.parse_args()
     world, e = WorldParams(), EvalParams()
     sp = spec(world.render)
@@ -229,7 +271,9 @@ def main() -> None:
     }
     reading_variants = {"default: ±1 px in 0.25 px": (1.0, 0.25), "±1 px in 0.5 px": (1.0, 0.5),
                         "±2 px in whole pixels": (2.0, 1.0)}
-    evals = a.eval or [f"{ROOT / 'data' / 'calibration'}:base"]
+    evals = a.eval or [f"{ROOT / 'data' / 'calibration'}:base"] + [
+        f"{p.parent}:final" for p in sorted((ROOT / "data" / "tuning").glob("*/eval/final_scores.parquet"))
+        if (p.parent / "final_images").is_dir()]
     located = []
     for spec_ in evals:
         folder, name = spec_.rsplit(":", 1)
@@ -253,11 +297,21 @@ def main() -> None:
     print("calibration", calibration["counting"]["accuracy"], calibration["text"]["letters"], flush=True)
 
     # 3. agreement on generated images
-    agree = {spec_: agreement(folder, name, a.prompts, sp) for spec_, folder, name in located}
+    agree, guards, tables = {}, {}, {}
+    for spec_, folder, name in located:
+        table, seconds = judged(folder, name, a.prompts, sp)
+        label = str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder) + f"/{name}_scores.parquet"
+        agree[label] = agreement(table, label, seconds)
+        tables[label] = table
+    first = next(iter(tables))
+    for label, table in list(tables.items())[1:]:  # trained models against the first evaluation (the base)
+        guards[label] = guard(table, tables[first], a.z)
+        print(label, guards[label]["reason"], flush=True)
 
     report = {"render": {k: v for k, v in world.render.model_dump().items()}, "seed": e.seed_offset,
               "settings": {"counting": base.__dict__, "reading": {"radius": 1.0, "step": 0.25}},
-              "template_seconds": template_s, "choice": choice, "calibration": calibration, "agreement": agree}
+              "template_seconds": template_s, "choice": choice, "calibration": calibration, "agreement": agree,
+              "guard_against_base": guards}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "second_opinion.json", report)
     md = markdown(report)
