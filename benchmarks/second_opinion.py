@@ -34,7 +34,7 @@ from gpo.evaluate import summarize
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.metrics import accuracy, mean_interval
 from gpo.params import EvalParams, WorldParams
-from gpo.promotion import GUARD_Z, PARTS, decide
+from gpo.promotion import GUARD_Z, PARTS, decide, second_opinion_checks
 from gpo.prompts import read_prompts
 from gpo.rewards import second_opinion as so
 from gpo.world.dataset import build_prompts, spec
@@ -147,6 +147,28 @@ def guard(model: pd.DataFrame, base: pd.DataFrame, z: float) -> dict:
     return {"base_rows": len(same), "z": z, "guard_z": GUARD_Z, "parts": parts, **d.to_dict()}
 
 
+def null_flags(table: pd.DataFrame, z: float, splits: int, seed: int = 0) -> dict:
+    """How often the guard flags a model that IS the champion: the base's evaluation split at random into
+    two halves of each prompt's seeds, one half as 'new', the other as 'champion' (half the images each,
+    so the intervals are wider than a full evaluation's), `splits` times."""
+    rng = np.random.default_rng(seed)
+    flagged = promoted = 0
+    gaps = []
+    for _ in range(splits):
+        pick = np.zeros(len(table), dtype=bool)
+        for _, idx in table.groupby("prompt").indices.items():
+            pick[rng.permutation(idx)[: len(idx) // 2]] = True
+        d = decide(summary_of(table[pick]), summary_of(table[~pick]), z)
+        flagged += d.flagged
+        promoted += d.promote
+        checks = second_opinion_checks(summary_of(table[pick]), summary_of(table[~pick]), GUARD_Z)
+        gaps.append(max((c.reward_gain - c.second_gain) / c.threshold for c in checks))
+    full = {c.part: round(c.threshold, 4) for c in second_opinion_checks(summary_of(table), summary_of(table), GUARD_Z)}
+    return {"splits": splits, "z": z, "flagged": flagged, "flag_rate": round(flagged / splits, 4),
+            "gap_threshold_at_full_size": full,
+            "promoted": promoted, "largest_gap_over_threshold_p95": round(float(np.percentile(gaps, 95)), 3)}
+
+
 def agreement(table: pd.DataFrame, label: str, seconds: float) -> dict:
     """The second opinion on an evaluation's images beside the reward models' scores of them."""
     out = {"table": label, "images": len(table), "seconds": round(seconds, 1)}
@@ -227,6 +249,15 @@ def markdown(r: dict) -> str:
                   "| second opinion accuracy | " + " | ".join(f"{v['second']:.2f}" for v in bc.values()) + " |",
                   "| agree (right/wrong) | " + " | ".join(f"{v['agree']:.2f}" for v in bc.values()) + " |"]
         L.append("")
+    if r.get("guard_on_identical_models"):
+        n = r["guard_on_identical_models"]
+        L += ["### The guard on identical models (its false-flag rate)", "",
+              f"The first evaluation split {n['splits']} times at random into two halves of each prompt's seeds, one half "
+              f"judged against the other with `decide(z = {n['z']})`: flagged **{n['flagged']} of {n['splits']}** "
+              f"({n['flag_rate']:.3f}); promoted by the rule {n['promoted']} times (the two halves are the same model). "
+              f"95th percentile of the largest part's gap over its threshold: {n['largest_gap_over_threshold_p95']}. "
+              "The smallest gap the guard flags between two evaluations of this size: " +
+              ", ".join(f"{k} {v:.3f}" for k, v in n["gap_threshold_at_full_size"].items()) + ".", ""]
     if r.get("guard_against_base"):
         L += ["### 4. The promotion rule and its guard: trained models against the base on the same prompts and seeds", "",
               f"`decide(model, base, z = {next(iter(r['guard_against_base'].values()))['z']})`, guard at {GUARD_Z:.2f} SE "
@@ -249,6 +280,7 @@ def main() -> None:
                          "default data/calibration:base and every data/tuning/*/eval:final (trained models)")
     ap.add_argument("--prompts", type=Path, default=ROOT / "data" / "prompts.jsonl")
     ap.add_argument("--choice-n", type=int, default=300)
+    ap.add_argument("--null-splits", type=int, default=200, help="random half-splits of the base for the false-flag rate")
     ap.add_argument("--z", type=float, default=1.0, help="promotion z (params/run.yaml promotion.z) for the guard rows")
     a = ap.parse_args()
     world, e = WorldParams(), EvalParams()
@@ -304,6 +336,8 @@ def main() -> None:
         agree[label] = agreement(table, label, seconds)
         tables[label] = table
     first = next(iter(tables))
+    null = null_flags(tables[first], a.z, a.null_splits)
+    print("null", null, flush=True)
     for label, table in list(tables.items())[1:]:  # trained models against the first evaluation (the base)
         guards[label] = guard(table, tables[first], a.z)
         print(label, guards[label]["reason"], flush=True)
@@ -311,7 +345,7 @@ def main() -> None:
     report = {"render": {k: v for k, v in world.render.model_dump().items()}, "seed": e.seed_offset,
               "settings": {"counting": base.__dict__, "reading": {"radius": 1.0, "step": 0.25}},
               "template_seconds": template_s, "choice": choice, "calibration": calibration, "agreement": agree,
-              "guard_against_base": guards}
+              "guard_against_base": guards, "guard_on_identical_models": null}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "second_opinion.json", report)
     md = markdown(report)
