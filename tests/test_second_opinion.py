@@ -218,3 +218,12 @@ def test_the_round_table_shows_the_second_opinion_and_the_flag():
     old = [{"round": 0, "metrics": {k: v for k, v in metrics(0.5, 0.5).items() if not k.startswith("second")},
             "seconds": {}, "champion": True}]  # a record from before the second opinion: blank cells
     assert "| 0.400 [0.350, 0.450] |  |  |" in rounds_markdown(old)
+
+
+def test_the_templates_follow_the_workspace_render_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPO_WORKSPACE", str(tmp_path))
+    assert SecondOpinion().spec == SPEC  # no params/world.yaml: the defaults
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "world.yaml").write_text("render:\n  text_height: 0.5\n  size: 48\n")
+    got = SecondOpinion().spec
+    assert (got.text_height, got.size) == (0.5, 48) and got.gap == SPEC.gap

@@ -41,8 +41,14 @@ MAX_WORD = 3  # every string of up to this many letters is a template (26³ = 17
 
 
 def default_spec() -> RenderSpec:
-    """The world's render settings at their defaults (params/world.yaml `render`)."""
-    return RenderSpec(**RenderParams().model_dump())
+    """The workspace's render settings (params/world.yaml `render`; the defaults where there is no such
+    file). Templates drawn with other settings than the images' would misread every word."""
+    from gpo import params as P
+    from gpo.env import workspace
+
+    path = workspace() / "params" / "world.yaml"
+    render = P.load(path, P.WorldParams).render if path.exists() else RenderParams()
+    return RenderSpec(**render.model_dump())
 
 
 @dataclass(frozen=True)
