@@ -443,7 +443,10 @@ def _dvc(root: Path, *args: str) -> str:
 # column name; --keep wins over --drop and --only-changed.
 EXP_HEADLINE = (r"Experiment|champion_round$|champion\.(headline|counting_heldout_accuracy|"
                 r"text_heldout_mean_reward|text_heldout_accuracy)$|base\.headline$")
-EXP_DROP = r".*/.*"  # dependency hashes (paths: gpo/model, data/prompts.jsonl, ...) and per-round metrics files
+# dropped: dependency hashes (paths: gpo/model, data/prompts.jsonl, ...) and the metrics of the per-round
+# and calibration files (data/rounds/round-I/metrics.json, ...: `cache: false`, so `!` in every experiment);
+# params are `section.key` (train.beta, detector.conf) and stay when they differ
+EXP_DROP = r".*/.*|headline$|(counting|text|detector|ocr)_.*|rounds$|last\."
 
 
 def exp_show_args(all_columns: bool = False) -> list[str]:

@@ -43,6 +43,9 @@ def _dvc_repo(tmp_path: Path) -> Path:
               "json.dump({'rounds': 2, 'champion_round': 1, 'champion': {'headline': b / 10000, "
               "'counting_heldout_accuracy': 0.5, 'text_heldout_accuracy': 0.1, 'text_heldout_mean_reward': 0.6}, "
               "'base': {'headline': 0.4}}, open('data/metrics/rounds.json', 'w'));"
+              "os.makedirs('data/rounds/round-1', exist_ok=True);"
+              "json.dump({'headline': b / 10000, 'counting_heldout_accuracy': 0.5, 'text_heldout_accuracy': 0.1}, "
+              "open('data/rounds/round-1/metrics.json', 'w'));"
               "json.dump([{'round': 0, 'counting_accuracy': 0.5, 'ocr_mean_reward': 0.6, 'ocr_exact': 0.1}, "
               "{'round': 1, 'counting_accuracy': 0.55, 'ocr_mean_reward': b / 10000, 'ocr_exact': 0.12}], "
               "open('data/metrics/rounds_curve.json', 'w'))")
@@ -52,7 +55,8 @@ def _dvc_repo(tmp_path: Path) -> Path:
              "params": [{"params/gpo.yaml": ["train", "groups"]}],
              # the project's own declarations of these two outputs
              "outs": [o for o in report["outs"] if "data/metrics/rounds_curve.json" in o],
-             "metrics": report["metrics"]}
+             # + a round's metrics file, declared like the project's evaluate stage declares it
+             "metrics": [*report["metrics"], {"data/rounds/round-1/metrics.json": {"cache": False}}]}
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": stage},
                                                    "plots": [p for p in project["plots"]
                                                              if "data/metrics/rounds_curve.json" in p]}))
@@ -110,6 +114,7 @@ def test_gpo_exp_shows_headline_metrics_and_changed_params_only(repo):
     assert "src/code.py" in everything and "train.lr" in everything and "groups.group_size" in everything
     assert header[0] == "Experiment" and "champion.headline" in header and "train.beta" in header
     assert "src/code.py" not in header and "train.lr" not in header and "groups.group_size" not in header
+    assert "headline" in everything and "headline" not in header  # the round file's metrics: `!` in experiments
     rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines()[2:]}
     assert any("2000" in r and "0.2" in r for r in rows.values()), out.stdout  # the experiment's own metrics
     assert "!" not in out.stdout.split("\n", 2)[2], out.stdout  # every experiment has its metrics
@@ -122,4 +127,6 @@ def test_the_report_metrics_are_cached_so_experiments_keep_them():
     (entry,) = [m for m in report["metrics"] if "data/metrics/rounds.json" in m]
     assert entry == "data/metrics/rounds.json" or entry["data/metrics/rounds.json"].get("cache", True) is True
     assert re.match(EXP_DROP, "data/prompts.jsonl") and not re.match(EXP_DROP, "train.beta")
+    assert re.match(EXP_DROP, "counting_heldout_accuracy") and not re.match(EXP_DROP, "detector.conf")
+    assert not re.match(EXP_DROP, "rounds.1.start") and not re.match(EXP_DROP, "ocr.upscale")
     assert re.match(EXP_HEADLINE, "champion.headline") and not re.match(EXP_HEADLINE, "champion.version")
