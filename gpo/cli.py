@@ -482,7 +482,6 @@ def plots_cmd(out: Path = typer.Option(Path("dvc_plots"), help="folder to write 
     root = workspace()
     data = json.loads(_dvc(root, "plots", "show", "--json")).get("data", {})
     folder = _resolve(out)
-    folder.mkdir(parents=True, exist_ok=True)
     sections, missing = [], []
     for source, plots in data.items():
         specs = [p["content"] for p in plots if p.get("type") == "vega" and p.get("content")]
@@ -491,6 +490,7 @@ def plots_cmd(out: Path = typer.Option(Path("dvc_plots"), help="folder to write 
             continue
         for k, spec in enumerate(specs):
             stem = Path(source).stem + (f"-{k + 1}" if len(specs) > 1 else "")
+            folder.mkdir(parents=True, exist_ok=True)
             svg = vlc.vegalite_to_svg(spec)
             (folder / f"{stem}.svg").write_text(svg)
             (folder / f"{stem}.html").write_text(vlc.vegalite_to_html(spec, bundle=True))

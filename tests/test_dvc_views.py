@@ -103,6 +103,7 @@ def test_gpo_plots_without_data_is_one_clear_error(tmp_path):
     assert _run(repo, str(BIN / "dvc"), "init", "--no-scm", "-q").returncode == 0
     out = _gpo(repo, "plots")
     assert out.returncode == 2 and "no plot has data yet" in out.stderr and "make run" in out.stderr
+    assert not (repo / "dvc_plots").exists()
 
 
 def test_gpo_exp_shows_headline_metrics_and_changed_params_only(repo):
