@@ -446,7 +446,7 @@ EXP_HEADLINE = (r"Experiment|champion_round$|champion\.(headline|counting_heldou
 # dropped: dependency hashes (paths: gpo/model, data/prompts.jsonl, ...) and the metrics of the per-round
 # and calibration files (data/rounds/round-I/metrics.json, ...: `cache: false`, so `!` in every experiment);
 # params are `section.key` (train.beta, detector.conf) and stay when they differ
-EXP_DROP = r".*/.*|headline$|(counting|text|detector|ocr)_.*|rounds$|last\."
+EXP_DROP = r".*/.*|headline$|(counting|text|second|detector|ocr)_.*|rounds$|last\."
 
 
 def exp_show_args(all_columns: bool = False) -> list[str]:

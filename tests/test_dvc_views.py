@@ -129,5 +129,6 @@ def test_the_report_metrics_are_cached_so_experiments_keep_them():
     assert entry == "data/metrics/rounds.json" or entry["data/metrics/rounds.json"].get("cache", True) is True
     assert re.match(EXP_DROP, "data/prompts.jsonl") and not re.match(EXP_DROP, "train.beta")
     assert re.match(EXP_DROP, "counting_heldout_accuracy") and not re.match(EXP_DROP, "detector.conf")
+    assert re.match(EXP_DROP, "second_text_heldout_mean_reward")
     assert not re.match(EXP_DROP, "rounds.1.start") and not re.match(EXP_DROP, "ocr.upscale")
     assert re.match(EXP_HEADLINE, "champion.headline") and not re.match(EXP_HEADLINE, "champion.version")
