@@ -17,7 +17,8 @@ from gpo.model.sampler import sampler_stamp
 from gpo.params import EvalParams, WorldParams
 from gpo.prompts import Prompt
 from gpo.resume import digest, resume_or_reset, weights_digest
-from gpo.world.dataset import save_grid, spec
+from gpo.grids import judged_grid
+from gpo.world.dataset import spec
 from gpo.world.render import render
 
 # Bands the base model must fall in to be worth improving (issue #2): headroom above, signal below.
@@ -75,8 +76,7 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
         idx = idx[:: max(1, len(idx) // 48)][:48]
         if not idx:
             continue
-        save_grid([images[i] for i in idx], out / f"{name}_{task}_grid.png",
-                  labels=[f"{table.raw[i]}" for i in idx], scale=3)
+        judged_grid([images[i] for i in idx], table.iloc[idx], out / f"{name}_{task}_grid.png", title=f"{name}: {task}, held-out")
     summary = summarize(table)
     summary["seconds"] = {"generate": round(t1 - t0, 1), "score": round(t2 - t1, 1)}
     return summary
