@@ -2,9 +2,18 @@
 grids and reward histograms, tags to git/DVC), every round's model a registered version, and the alias
 `champion` that moves only by the promotion rule or by hand (`gpo promote` / `gpo rollback`).
 
-A registered version is a pyfunc model whose artifact is the diffusers pipeline folder:
+A registered version is a pyfunc model logged "from code" (gpo/mlflow_model.py, MLflow 3's recommended
+form: nothing in the model is a pickle) whose artifact is the diffusers pipeline folder (safetensors):
     mlflow.pyfunc.load_model("models:/gpo-embedded@champion").predict(["three red circles"])
-returns one PIL image per prompt.
+returns one PIL image per prompt. Every version carries the promotion decision (tags `promoted`,
+`decision_reason`, headline vs champion; the same in words as its description).
+
+A round's run spans the round's steps: it starts when the round's first step started and ends when
+its logging is done (the steps' times come from their timing files, `step_times`), so the run's
+duration and the experiment's timeline show the round, not the seconds of logging.
+
+The experiment is tagged as a machine-learning experiment (`mlflow.experimentKind`), so MLflow 3's UI
+opens it on its training runs instead of the GenAI overview (traces).
 
 Logging a round is idempotent: every run carries a `log_key` tag (round, model folder, evaluation summary,
 decision). A process killed while logging leaves either a run without a version (it is marked KILLED and
@@ -30,6 +39,13 @@ from gpo.params import MlflowParams
 from gpo.paths import local, portable
 
 ALIAS = "champion"
+# MLflow 3's experiment type, read by its UI (mlflow/server/js: an experiment whose `mlflow.experimentKind` is
+# not genai_development opens on the Runs tab; "custom_model_development" is the UI's "Machine learning"
+# choice). Without it the UI guesses, and an experiment with logged models opens on the GenAI overview.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the description MLflow shows for an experiment or a run
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the registered model's code (models from code)
+MODEL_ARTIFACT = "pipeline"  # the model's artifact key of the diffusers folder
 HISTORY_TAG = "champion_history"  # registered-model tag: JSON list of alias moves (version, reason, time)
 KEY_TAG = "log_key"  # run tag: what this run logs (see `log_key`); a re-run finds its earlier attempt by it
 FAULT_ENV = "GPO_FAULT_AT"
@@ -53,26 +69,89 @@ def log_key(index: int, model: Path, summary: dict, decision: Optional[dict]) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _pyfunc_class():
-    """The pyfunc wrapper, defined lazily (importing mlflow.pyfunc is slow)."""
-    import mlflow.pyfunc
+def predict_defaults() -> dict:
+    """What the registered model's predict uses where `params` says nothing: seed 0 and the evaluation's
+    default sampler settings (gpo.params.EvalParams), so a loaded champion samples as it was evaluated."""
+    from gpo.params import EvalParams
 
-    class GpoPipeline(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            from gpo.model.adapters import load_any
+    e = EvalParams()
+    return {"seed": 0, "steps": int(e.steps), "guidance_scale": float(e.guidance_scale)}
 
-            self.pipe = load_any(Path(context.artifacts["pipeline"]))
 
-        def predict(self, context, model_input, params: Optional[dict] = None):
-            from gpo.generate import generate
+def model_signature():
+    """Input: the prompts (strings); params: seed, steps, guidance_scale with predict's defaults."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-            prompts = list(model_input["prompt"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
-            p = params or {}
-            seeds = [int(p.get("seed", 0)) + i for i in range(len(prompts))]
-            return generate(self.pipe, prompts, seeds, steps=int(p.get("steps", 10)),
-                            guidance_scale=float(p.get("guidance_scale", 3.0)), batch_size=32, progress=False)
+    d = predict_defaults()
+    return ModelSignature(inputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("seed", "long", d["seed"]), ParamSpec("steps", "long", d["steps"]),
+                                              ParamSpec("guidance_scale", "double", d["guidance_scale"])]))
 
-    return GpoPipeline
+
+def step_times(rd) -> list[dict]:
+    """When each of the round's steps ran: step, iteration (semi-online rounds), start, end (Unix seconds),
+    seconds. A step's timing file (round.RoundDir.seconds_file) is written as the step ends and holds its
+    seconds, so its modification time is the end and end − seconds the start. Steps without a file
+    (round 0, the base) are absent."""
+    out = []
+    for step in ("generate", "score", "train", "evaluate"):
+        parts = rd.parts if step != "evaluate" else [rd]
+        for j, part in enumerate(parts, start=1):
+            f = part.seconds_file(step)
+            if not f.exists():
+                continue
+            end, seconds = f.stat().st_mtime, float(json.loads(f.read_text())["seconds"])
+            out.append({"step": step, "iteration": j if len(parts) > 1 else None, "start": end - seconds,
+                        "end": end, "seconds": seconds})
+    return sorted(out, key=lambda t: t["start"])
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def decision_tags(index: int, record: dict, promoted: bool) -> dict[str, str]:
+    """The promotion decision as model-version tags: promoted or not, why, and the headline numbers
+    against the champion the round was compared with (round 0, the base: the first champion)."""
+    m = record.get("metrics", {})
+    tags = {"promoted": str(promoted), "headline": f"{record['headline']:.4f}"}
+    for k in ("counting_heldout_accuracy", "text_heldout_mean_reward", "text_heldout_accuracy"):
+        if k in m:
+            tags[k] = f"{m[k]:.4f} [{m[k + '_low']:.4f}, {m[k + '_high']:.4f}]"
+    d = record.get("decision")
+    if not d:
+        tags["decision_reason"] = "base model: the first champion (nothing to compare with)"
+        return tags
+    tags.update({"decision_reason": d["reason"], "champion_headline": f"{record['headline'] - d['gain']:.4f}",
+                 "headline_gain": f"{d['gain']:+.4f}", "promotion_threshold": f"{d['threshold']:.4f}",
+                 "flagged": str(bool(d.get("flagged", False)))})
+    if record.get("previous_champion_round") is not None:
+        tags["compared_with_round"] = str(record["previous_champion_round"])
+    return tags
+
+
+def decision_text(index: int, record: dict, promoted: bool) -> str:
+    """The decision in words: the registered version's description and the run's note."""
+    m, d = record.get("metrics", {}), record.get("decision")
+
+    def ci(k, label):
+        return f"{label} {m[k]:.3f} [{m[k + '_low']:.3f}, {m[k + '_high']:.3f}]" if k in m else None
+
+    numbers = "; ".join(x for x in (ci("counting_heldout_accuracy", "counting accuracy"),
+                                    ci("text_heldout_mean_reward", "OCR mean reward"),
+                                    ci("text_heldout_accuracy", "OCR exact")) if x)
+    if not d:
+        head = f"Round {index} (the base model): the first champion."
+    else:
+        champ = record["headline"] - d["gain"]
+        verdict = "PROMOTED: the new champion" if promoted else \
+            f"NOT PROMOTED: the champion of round {record.get('previous_champion_round')} stays"
+        sign = ">" if d["gain"] > d["threshold"] else "<="
+        head = (f"Round {index}: {verdict}. Headline {record['headline']:.4f} vs champion {champ:.4f}: gain "
+                f"{d['gain']:+.4f} {sign} threshold {d['threshold']:.4f}"
+                f"{'; flagged by the second opinion' if d.get('flagged') else ''}. Reason: {d['reason']}.")
+    return f"{head}\n\nHeld-out: {numbers}." if numbers else head
 
 
 def flat_params(*files) -> dict[str, str]:
@@ -166,9 +245,15 @@ class Tracker:
             art = Path(p.artifact_root)
             art = art if art.is_absolute() else self.root / art
             art.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(p.experiment, artifact_location=art.as_uri())
+            self.experiment_id = self.client.create_experiment(p.experiment, artifact_location=art.as_uri(), tags={
+                EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                NOTE_TAG: "gpo: one run per self-improvement round (held-out metrics, training curves, grids of "
+                          "asked vs found); every round's model is a version of the registered model "
+                          f"`{p.model_name}`, the alias `{ALIAS}` on the best so far."})
         else:
             self.experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment from before the tag (a user's own choice stays)
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     # --- one round ---------------------------------------------------------------------------------
     def log_round(self, index: int, rd, record: dict, summary: dict, promoted: bool,
@@ -195,9 +280,13 @@ class Tracker:
             run_id, version = self._new_run(index, rd, record, model, promoted, key)
         self.last_run = (self.experiment_id, run_id)
         name = self.p.model_name
-        for tag, value in (("round", str(index)), ("pipeline_path", portable(model)), ("run_id", run_id),
-                           ("summary_path", portable(rd.eval / "summary.json"))):
+        tags = {"round": str(index), "pipeline_path": portable(model), "run_id": run_id,
+                "summary_path": portable(rd.eval / "summary.json"), **decision_tags(index, record, promoted)}
+        for tag, value in tags.items():
             self.client.set_model_version_tag(name, str(version), tag, value)
+        text = decision_text(index, record, promoted)
+        self.client.update_model_version(name, str(version), description=text)
+        self.client.set_tag(run_id, NOTE_TAG, text)
         if promoted:
             self._move_alias(version, record["decision"]["reason"] if record.get("decision") else "base model",
                              by="rule", once=True)
@@ -221,11 +310,19 @@ class Tracker:
         return found
 
     def _new_run(self, index: int, rd, record: dict, model: Path, promoted: bool, key: str) -> tuple[str, int]:
+        """A run from the round's first step to the end of its logging (round 0: the logging alone)."""
+        from mlflow.models import set_signature
+        from mlflow.tracking.context.registry import resolve_tags
+
         mlflow = self.mlflow
-        with mlflow.start_run(experiment_id=self.experiment_id, run_name=f"round-{index}") as run:
-            mlflow.set_tags({"round": str(index), "git_commit": _git_commit(self.root),
+        steps = step_times(rd)
+        start = min([t["start"] for t in steps] + [time.time()])
+        tags = resolve_tags({"round": str(index), "git_commit": _git_commit(self.root),
                              "dvc_lock_md5": _file_md5(self.root / "dvc.lock"), "promoted": str(promoted),
                              "model_path": portable(model), KEY_TAG: key})
+        created = self.client.create_run(self.experiment_id, start_time=int(start * 1000), tags=tags,
+                                         run_name=f"round-{index}")
+        with mlflow.start_run(run_id=created.info.run_id) as run:
             fault_point("tracking:run-started")
             mlflow.log_params(self._params(index, record))
             for row in rd.train_log():  # every iteration's steps of a semi-online round, counted on
@@ -234,6 +331,7 @@ class Tracker:
                                    step=int(row["step"]))
             mlflow.log_metrics({f"eval/{k}": float(v) for k, v in record["metrics"].items()})
             mlflow.log_metrics({f"seconds/{k}": float(v) for k, v in record["seconds"].items()})
+            mlflow.log_dict([{**t, "start": _utc(t["start"]), "end": _utc(t["end"])} for t in steps], "timeline.json")
             for png in sorted(rd.eval.glob("*_grid.png")):
                 mlflow.log_artifact(str(png), artifact_path="grids")
             scores = rd.eval / "model_scores.parquet"
@@ -241,11 +339,14 @@ class Tracker:
                 mlflow.log_figure(reward_histogram(pd.read_parquet(scores), f"round {index}"),
                                   "plots/reward_histogram.png")
             mlflow.log_text(json.dumps(record, indent=1, default=str), "round.json")
-            info = mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
-                                           artifacts={"pipeline": str(model)}, pip_requirements=["gpo"],
-                                           registered_model_name=self.p.model_name)
+            # models from code: the model is gpo/mlflow_model.py (copied into the model) + the diffusers
+            # folder; no cloudpickle. The signature adds the params schema the type hints cannot give.
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
+                                           artifacts={MODEL_ARTIFACT: str(model)}, pip_requirements=["gpo"])
+            set_signature(info.model_uri, model_signature())
+            version = mlflow.register_model(info.model_uri, self.p.model_name).version
             fault_point("tracking:registered")
-            return run.info.run_id, int(info.registered_model_version)
+            return run.info.run_id, int(version)
 
     def _params(self, index: int, record: dict) -> dict:
         return {"round": index, "model_in": record.get("model_in") or "", "model_out": record["model_out"],
@@ -309,9 +410,16 @@ class Tracker:
         path = local(mv.tags["pipeline_path"]) if mv.tags.get("pipeline_path") else None
         if path is not None and (path / "model_index.json").exists():
             return path
+        return self.downloaded_pipeline(version)
+
+    def downloaded_pipeline(self, version: int) -> Path:
+        """The pipeline folder of a registered version, downloaded from the registry (its artifact)."""
+        import yaml
         from mlflow.artifacts import download_artifacts
 
-        return Path(download_artifacts(f"models:/{self.p.model_name}/{version}")) / "artifacts" / "pipeline"
+        root = Path(download_artifacts(f"models:/{self.p.model_name}/{version}"))
+        conf = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+        return root / conf["artifacts"][MODEL_ARTIFACT]["path"]
 
 
 def reward_histogram(table: pd.DataFrame, title: str):

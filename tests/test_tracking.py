@@ -2,6 +2,8 @@
 champion alias (rule, promote, rollback), and loading `models:/<name>@champion` to generate."""
 
 import json
+import logging
+import warnings
 
 import mlflow
 import numpy as np
@@ -14,7 +16,7 @@ from gpo.model.build import build_pipeline
 from gpo.params import EvalParams, EvalFile, GpoFile, GroupParams, MlflowParams, ModelParams, PromptParams, TrainParams
 from gpo.rewards.arith import Score
 from gpo.round import RoundDir, read_champion, run_rounds, step_evaluate
-from gpo.tracking import Tracker, flat_params
+from gpo.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker, flat_params, step_times
 from gpo.world.dataset import build_prompts
 
 TINY = ModelParams(arch="sd3", text_width=32, text_layers=1, dit_width=32, dit_layers=1, attention_head_dim=8)
@@ -24,6 +26,9 @@ class Brightness:
     def score(self, images, prompts):
         vals = [float(np.asarray(im, dtype=np.float32).mean() / 255) for im in images]
         return [Score(v, v > 0.5, f"{v:.3f}") for v in vals]
+
+
+SAID: list[str] = []  # what MLflow warned about while the fixture logged its rounds
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,29 @@ def tracked(tmp_path_factory):
                       flat_params(cfg, EvalFile(eval=e)))
     prompts = build_prompts(PromptParams())
     scorers = Scorers(Brightness(), Brightness())
-    rows = run_rounds(base, 2, root / "rounds", prompts, cfg, e, scorers, z=0.0, progress=False, tracker=tracker)
+    with capture_warnings() as said:  # everything MLflow warns about while three rounds are logged
+        rows = run_rounds(base, 2, root / "rounds", prompts, cfg, e, scorers, z=0.0, progress=False, tracker=tracker)
+    SAID[:] = said
     return root, tracker, rows, (prompts, scorers, e)
+
+
+class capture_warnings:
+    """Python warnings and mlflow's logged warnings (its logger does not propagate to the root) as strings."""
+
+    def __enter__(self):
+        self.said: list[str] = []
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = lambda record: self.said.append(record.getMessage())
+        logging.getLogger("mlflow").addHandler(self.handler)
+        self.caught = warnings.catch_warnings(record=True)
+        self.records = self.caught.__enter__()
+        warnings.simplefilter("always")
+        return self.said
+
+    def __exit__(self, *exc):
+        self.caught.__exit__(*exc)
+        logging.getLogger("mlflow").removeHandler(self.handler)
+        self.said += [str(w.message) for w in self.records]
 
 
 def test_every_round_is_a_run_and_a_registered_version(tracked):
@@ -57,6 +83,86 @@ def test_every_round_is_a_run_and_a_registered_version(tracked):
     assert [a.path for a in tracker.client.list_artifacts(r1["run_id"], "plots")] == ["plots/reward_histogram.png"]
     versions = [r["version"] for r in rows]
     assert versions == [1, 2, 3]
+    # MLflow 3's UI opens a machine-learning experiment on its runs (not the GenAI overview)
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_a_rounds_run_spans_its_steps(tracked):
+    """The run starts when the round's first step started and ends after its evaluation: its duration is
+    the round's, not the second of logging."""
+    root, tracker, _, _ = tracked
+    rd = RoundDir(root / "rounds" / "round-1")
+    steps = step_times(rd)
+    assert [t["step"] for t in steps] == ["generate", "score", "train", "evaluate"]
+    assert all(a["end"] <= b["start"] + 0.05 for a, b in zip(steps, steps[1:]))  # one after the other
+    run = tracker.client.get_run(json.loads(rd.record.read_text())["mlflow_run"][1]).info
+    assert run.status == "FINISHED"
+    assert abs(run.start_time / 1000 - steps[0]["start"]) < 0.01
+    assert run.end_time / 1000 >= steps[-1]["end"]
+    seconds = json.loads(rd.record.read_text())["seconds"]
+    assert (run.end_time - run.start_time) / 1000 >= sum(seconds.values()) - 0.05
+    timeline = mlflow.artifacts.load_dict(f"runs:/{run.run_id}/timeline.json")
+    assert [t["step"] for t in timeline] == ["generate", "score", "train", "evaluate"]
+    assert [t["seconds"] for t in timeline] == [seconds[k] for k in ("generate", "score", "train", "evaluate")]
+
+
+def test_every_version_carries_its_promotion_decision(tracked):
+    root, tracker, rows, _ = tracked
+    for r in rows:
+        mv = tracker.client.get_model_version("test-model", str(r["version"]))
+        record = json.loads((root / "rounds" / f"round-{r['round']}" / "eval" / "round.json").read_text())
+        promoted = r["round"] == 0 or record["decision"]["promote"]
+        assert mv.tags["promoted"] == str(promoted) and mv.tags["round"] == str(r["round"])
+        assert mv.tags["headline"] == f"{record['headline']:.4f}"
+        if r["round"] == 0:
+            assert "first champion" in mv.tags["decision_reason"] and "first champion" in mv.description
+            continue
+        d = record["decision"]
+        assert mv.tags["decision_reason"] == d["reason"]
+        assert mv.tags["champion_headline"] == f"{record['headline'] - d['gain']:.4f}"
+        assert mv.tags["headline_gain"] == f"{d['gain']:+.4f}" and mv.tags["promotion_threshold"] == f"{d['threshold']:.4f}"
+        assert mv.description.startswith(f"Round {r['round']}: {'PROMOTED' if promoted else 'NOT PROMOTED'}")
+        assert d["reason"] in mv.description
+        run = tracker.client.get_run(mv.run_id)
+        assert run.data.tags["mlflow.note.content"] == mv.description
+
+
+def test_the_champion_loads_without_unpickling_anything(tracked, tmp_path, monkeypatch):
+    """Models from code: the registered model is gpo/mlflow_model.py + the diffusers folder (safetensors),
+    so it loads with pickle deserialization switched off and has no pickle file at all."""
+    import pandas as pd
+
+    from mlflow.artifacts import download_artifacts
+
+    _, tracker, _, _ = tracked
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    folder = tmp_path / "champion"
+    download_artifacts("models:/test-model@champion", dst_path=str(folder))
+    files = [f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file()]
+    assert "mlflow_model.py" in files and "MLmodel" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".bin", ".ckpt"))], files
+    weights = [f for f in files if f.endswith(".safetensors")]
+    assert weights and all(f.startswith("artifacts/") for f in weights)
+    for f in folder.rglob("*"):  # no pickle stream anywhere (protocol 2+ starts with 0x80, a protocol byte)
+        if f.is_file() and not f.name.endswith(".safetensors"):
+            head = f.read_bytes()[:2]
+            assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f
+    conf = (folder / "MLmodel").read_text()
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in conf and "python_model.pkl" not in conf
+    with capture_warnings() as said:
+        model = mlflow.pyfunc.load_model("models:/test-model@champion")
+        images = model.predict(["three red circles", "\"CAT\" on a sign"], params={"steps": 2, "seed": 3})
+    assert len(images) == 2 and all(isinstance(im, Image.Image) for im in images)
+    assert not [m for m in said if "pickle" in m.lower() or "type hint" in m.lower()], said
+    again = model.predict(pd.DataFrame({"prompt": ["three red circles"]}), params={"steps": 2, "seed": 3})
+    assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))  # same prompt and seed, same image
+    params = {p.name: p.default for p in model.metadata.signature.params}
+    assert params == {"seed": 0, "steps": EvalParams().steps, "guidance_scale": EvalParams().guidance_scale}
+    assert (tracker.downloaded_pipeline(tracker.champion()) / "model_index.json").exists()
+
+
+def test_logging_rounds_says_nothing_about_pickles_or_type_hints(tracked):
+    assert not [m for m in SAID if "pickle" in m.lower() or "type hint" in m.lower()], SAID
 
 
 def test_alias_follows_champion_json_and_loads_for_generation(tracked):
