@@ -296,3 +296,15 @@ def test_credentials_in_the_tracking_uri_never_reach_messages(tmp_path, monkeypa
         Tracker(MlflowParams(tracking_uri="http://alice:s3cr3t@127.0.0.1:9/?token=t0k3n"), tmp_path)
     msg = str(err.value)
     assert "s3cr3t" not in msg and "t0k3n" not in msg and "alice:***@127.0.0.1:9" in msg
+
+
+def test_an_older_experiment_gets_the_kind_and_a_users_choice_stays(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, uri)
+    client.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())
+    client.create_experiment("chosen", artifact_location=(tmp_path / "b").as_uri(),
+                             tags={EXPERIMENT_KIND_TAG: "finetuning"})
+    old = Tracker(MlflowParams(tracking_uri=uri, experiment="old"), tmp_path)
+    chosen = Tracker(MlflowParams(tracking_uri=uri, experiment="chosen"), tmp_path)
+    assert client.get_experiment(old.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert client.get_experiment(chosen.experiment_id).tags[EXPERIMENT_KIND_TAG] == "finetuning"
