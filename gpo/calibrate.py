@@ -60,12 +60,10 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
     # every image is kept as it is made (out/<name>_images/): a killed evaluation of the same model with
     # the same plan resumes where it stopped; anything else there is cleared first
     folder = Path(out) / f"{name}_images"
-    resume_or_reset(folder, {"weights": weights or weights_digest(pipe.denoiser), "sampler": sampler_stamp(pipe.scheduler),
-                             "steps": e.steps,
-                             "guidance_scale": e.guidance_scale, "plan": digest([(p.text, s) for p, s in zip(plan_p, plan_s)])})
+    resume_or_reset(folder, {"weights": weights or weights_digest(pipe.denoiser), "sampler": sampler_stamp(pipe.scheduler, e.solver, e.precision),
+                             "steps": e.steps, "guidance_scale": e.guidance_scale, "plan": digest([(p.text, s) for p, s in zip(plan_p, plan_s)])})
     paths = [folder / f"{i:05d}-{s}.png" for i, s in enumerate(plan_s)]
-    images, _ = generate_to(pipe, [p.text for p in plan_p], plan_s, paths, steps=e.steps,
-                            guidance_scale=e.guidance_scale, batch_size=e.batch_size, desc=f"{name}: generate",
+    images, _ = generate_to(pipe, [p.text for p in plan_p], plan_s, paths, **e.sampler_kwargs(), desc=f"{name}: generate",
                             progress=progress)
     t1 = time.time()
     table = score_table(plan_p, plan_s, scorers.score(images, plan_p))

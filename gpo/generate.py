@@ -22,7 +22,7 @@ from gpo.model.pipeline import TinyT2IPipeline
 
 def generate(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int], *, steps: int,
              guidance_scale: float, batch_size: int, desc: str = "generate",
-             progress: bool = True) -> list[Image.Image]:
+             progress: bool = True, solver: str = "default", precision: str = "fp32") -> list[Image.Image]:
     """Images for (text, seed) pairs, in order. An image depends on its text and seed, not on the batch it
     was generated in (per-image starting noise, deterministic ODE sampler), up to float rounding: CPU
     kernels sum in a batch-size-dependent order, so a batch of another size can move a pixel by 1/255."""
@@ -33,7 +33,7 @@ def generate(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int], 
         for start in range(0, len(texts), batch_size):
             chunk = slice(start, start + batch_size)
             out = pipe(list(texts[chunk]), seeds=list(seeds[chunk]), num_inference_steps=steps,
-                       guidance_scale=guidance_scale)
+                       guidance_scale=guidance_scale, solver=solver, precision=precision)
             images.extend(out.images)
             bar.update(len(out.images))
     return images
@@ -69,7 +69,8 @@ def readable_latents(png: Path) -> bool:
 def generate_to(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int], paths: Sequence[Path], *,
                 steps: int, guidance_scale: float, batch_size: int, desc: str = "generate",
                 progress: bool = True, load: bool = True,
-                keep_latents: bool = False) -> tuple[list[Image.Image] | None, int]:
+                keep_latents: bool = False, solver: str = "default",
+                precision: str = "fp32") -> tuple[list[Image.Image] | None, int]:
     """Make every missing or unreadable `paths[i]` from (texts[i], seeds[i]), one batch at a time, each
     written as soon as it exists. Returns (all images in order, or None when `load` is False; the number
     generated). Same images as `generate`: an image depends only on its text and seed.
@@ -83,7 +84,8 @@ def generate_to(pipe: TinyT2IPipeline, texts: Sequence[str], seeds: Sequence[int
     with tqdm(total=len(texts), initial=len(texts) - len(todo), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            kw = {"seeds": [seeds[i] for i in chunk], "num_inference_steps": steps, "guidance_scale": guidance_scale}
+            kw = {"seeds": [seeds[i] for i in chunk], "num_inference_steps": steps, "guidance_scale": guidance_scale,
+                  "solver": solver, "precision": precision}
             if keep_latents:
                 latents = pipe([texts[i] for i in chunk], output_type="latent", **kw).images
                 images = pipe.decode_latents(latents)

@@ -82,15 +82,14 @@ def generate_groups(pipe: TinyT2IPipeline, prompts: list[Prompt], g: GroupParams
     # a re-run keeps the images of the same model/params/prompts (resume) and clears any others
     if state.is_main_process:
         resume_or_reset(folder / "images", {"weights": weights_digest(pipe.denoiser), "groups": g.model_dump(),
-                                            "sampler": sampler_stamp(pipe.scheduler),
+                                            "sampler": sampler_stamp(pipe.scheduler, g.solver, g.precision),
                                             "round": round_index,
                                             "plan": digest([(r["prompt"], r["seed"]) for r in rows])})
     state.wait_for_everyone()
     mine = [r for r in rows if r["group"] % state.num_processes == state.process_index]  # whole groups per rank
     # missing or corrupt (e.g. truncated) images are made, batch by batch, each batch written at once
     generate_to(pipe, [r["prompt"] for r in mine], [r["seed"] for r in mine], [folder / r["path"] for r in mine],
-                steps=g.steps, guidance_scale=g.guidance_scale, batch_size=g.batch_size,
-                desc=f"round {round_index}: groups", progress=progress, load=False, keep_latents=keep)
+                **g.sampler_kwargs(), desc=f"round {round_index}: groups", progress=progress, load=False, keep_latents=keep)
     state.wait_for_everyone()
     table = pd.DataFrame(rows)
     if state.is_main_process:

@@ -34,12 +34,12 @@ def calibration_sample(table: pd.DataFrame, per_task: int = SAMPLE_ROWS) -> list
 
 
 def rescore_sample(pipe: TinyT2IPipeline, scorers: Scorers, sample: list[dict], steps: int,
-                   guidance_scale: float) -> dict:
+                   guidance_scale: float, solver: str = "default", precision: str = "fp32") -> dict:
     """Regenerate and re-score the sample; report agreement with what was recorded."""
     prompts = [Prompt(text=r["prompt"], task=r["task"], split=r["split"], cls=r["cls"],
                       count=None if r["count"] is None else int(r["count"]), word=r["word"]) for r in sample]
     images = generate(pipe, [p.text for p in prompts], [int(r["seed"]) for r in sample], steps=steps,
-                      guidance_scale=guidance_scale, batch_size=64, progress=False)
+                      guidance_scale=guidance_scale, batch_size=64, progress=False, solver=solver, precision=precision)
     scores = scorers.score(images, prompts)
     same = [s.correct == bool(r["correct"]) for s, r in zip(scores, sample)]
     return {"n": len(sample), "same_correct": sum(same) / len(same),

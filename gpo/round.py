@@ -199,7 +199,7 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
     out = Path(out)
     done, stamp = out / "summary.json", out / "summary.inputs.json"
     pipe = load_any(model, family)
-    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump(), "sampler": sampler_stamp(pipe.scheduler)}
+    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump(), "sampler": sampler_stamp(pipe.scheduler, e.solver, e.precision)}
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return json.loads(done.read_text())
     summary = evaluate_model(pipe, prompts, scorers, e, out, "model", progress, weights=fingerprint["weights"])

@@ -24,7 +24,7 @@ from PIL import Image
 
 from gpo.errors import GpoError
 from gpo.model.pipeline import images_to_tensor
-from gpo.model.sampler import unclipped
+from gpo.model.sampler import sampling_autocast, solver_scheduler, unclipped
 
 # model_index.json `_class_name` -> family; the embedded pipeline is `TinyT2IPipeline`
 FAMILIES = {"TinyT2IPipeline": "embedded", "StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
@@ -146,17 +146,26 @@ class DiffusersBackbone:
     # --- generation: one seed per image ----------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], seeds: Sequence[int] | None = None,
-                 num_inference_steps: int = 20, guidance_scale: float = 3.0, output_type: str = "pil"):
+                 num_inference_steps: int = 20, guidance_scale: float = 3.0, output_type: str = "pil",
+                 solver: str = "default", precision: str = "fp32"):
         """Images (pil/np/pt) or, with output_type="latent", the sampled model-space latents (N, C, h, w)
-        on the CPU in float32: decode them with `decode_latents`, train on them as they are."""
+        on the CPU in float32: decode them with `decode_latents`, train on them as they are. `solver` and
+        `precision` as for the embedded pipeline (gpo/model/sampler.py); bf16 is an autocast on top of the
+        dtype the pipeline was loaded in (on a GPU that dtype is already half precision)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         if len(seeds) != len(prompts):
             raise GpoError("need one seed per prompt", field="seeds", value=len(seeds),
                            fix=f"pass {len(prompts)} seeds")
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]  # CPU noise: same image on any device
-        latents = self.pipe(prompt=prompts, generator=gens, num_inference_steps=num_inference_steps,
-                            guidance_scale=guidance_scale, output_type="latent").images
+        own = self.pipe.scheduler
+        self.pipe.scheduler = solver_scheduler(own, solver)  # for this call only: training keeps `own`
+        try:
+            with sampling_autocast(self.pipe.device, precision):
+                latents = self.pipe(prompt=prompts, generator=gens, num_inference_steps=num_inference_steps,
+                                    guidance_scale=guidance_scale, output_type="latent").images
+        finally:
+            self.pipe.scheduler = own
         if output_type == "latent":
             return ImagePipelineOutput(images=latents.float().cpu())
         return ImagePipelineOutput(images=self.decode_latents(latents, output_type))

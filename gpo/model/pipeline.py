@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from gpo.errors import GpoError
+from gpo.model.sampler import sampling_autocast, solver_scheduler
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -97,7 +98,10 @@ class TinyT2IPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str], seeds: Sequence[int] | None = None,
                  num_inference_steps: int = 20, guidance_scale: float = 3.0, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, solver: str = "default", precision: str = "fp32"):
+        """Images for prompts, one seed each. `solver`: how the sampling ODE is integrated (default = the
+        pipeline's scheduler; ddim, dpm++, unipc: gpo/model/sampler.py); `precision`: fp32, or bf16 autocast
+        for the denoiser calls (guidance and the ODE step stay float32)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         if len(seeds) != len(prompts):
@@ -111,15 +115,20 @@ class TinyT2IPipeline(DiffusionPipeline):
             states = torch.cat([u_states.expand_as(states), states])
             pooled = torch.cat([u_pooled.expand_as(pooled), pooled])
         x = self.initial_noise(seeds).to(device)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        x = x * getattr(self.scheduler, "init_noise_sigma", 1.0)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        scheduler = solver_scheduler(self.scheduler, solver)
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+        for t in self.progress_bar(scheduler.timesteps):
             inp = torch.cat([x, x]) if use_cfg else x
-            out = self.predict(inp, t, states, pooled)
+            if hasattr(scheduler, "scale_model_input"):  # identity for DDIM, DPM-Solver++, UniPC; flow-Euler has none
+                inp = scheduler.scale_model_input(inp, t)
+            with sampling_autocast(device, precision):
+                out = self.predict(inp, t, states, pooled)
+            out = out.float()
             if use_cfg:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_scale * (cond - uncond)
-            x = self.scheduler.step(out, t, x, return_dict=False)[0]
+            x = scheduler.step(out, t, x, return_dict=False)[0]
         images = ((x.clamp(-1, 1) + 1) / 2).cpu()
         if output_type == "pt":
             result = images

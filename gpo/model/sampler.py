@@ -10,7 +10,13 @@ drawn by the plain ODE step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from gpo.errors import GpoError
 
 CLIPPING_KEYS = ("clip_sample", "thresholding")
 log = logging.getLogger("gpo.sampler")
@@ -31,7 +37,48 @@ def unclipped(scheduler):
     return type(scheduler).from_config(scheduler.config, **{k: False for k in on})
 
 
-def sampler_stamp(scheduler) -> dict:
+def sampler_stamp(scheduler, solver: str = "default", precision: str = "fp32") -> dict:
     """What of the sampler goes into the resume stamps of generated images (gpo/resume.py): images drawn by
-    another scheduler or with clipping on are never reused."""
-    return {"scheduler": type(scheduler).__name__, "clipping": clipping(scheduler)}
+    another scheduler, solver or precision, or with clipping on, are never reused."""
+    return {"scheduler": type(scheduler).__name__, "clipping": clipping(scheduler), "solver": solver,
+            "precision": precision}
+
+
+# --- the ODE solver and the sampling precision ---------------------------------------------------------
+# A pipeline keeps the scheduler it was trained with (training draws its noise levels from it); `solver`
+# only chooses how the sampling ODE is integrated, per call, from the same noise schedule.
+SOLVERS = ("default", "ddim", "dpm++", "unipc")
+PRECISIONS = ("fp32", "bf16")
+
+
+def solver_scheduler(scheduler, solver: str):
+    """The scheduler that integrates the sampling ODE: the pipeline's own (`default`), or DDIM, DPM-Solver++
+    (2nd order multistep) or UniPC (2nd order, with corrector) built from the same config (noise schedule,
+    prediction type, timestep spacing), never clipping x0, and ending at noise level 0 like DDIM with
+    set_alpha_to_one. Flow-matching pipelines (sd3, the MMDiT arch) have only their own Euler solver."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r}: one of {SOLVERS}")
+    if solver == "default":
+        return scheduler
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise GpoError(f"solver {solver!r} needs a DDPM-type noise schedule; this pipeline samples by flow matching",
+                       field="solver", value=solver, fix="use solver: default for flow-matching (sd3, mmdit) pipelines")
+    cfg = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
+    off = {k: False for k in CLIPPING_KEYS}
+    if solver == "ddim":
+        return DDIMScheduler.from_config(cfg, **off)
+    if solver == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
+                                                       final_sigmas_type="zero", lower_order_final=True, **off)
+    return UniPCMultistepScheduler.from_config(cfg, solver_order=2, final_sigmas_type="zero", **off)
+
+
+def sampling_autocast(device, precision: str):
+    """The autocast context the denoiser runs under while sampling: bf16 (weights stay float32; on CPUs with
+    AVX512-BF16/AMX, oneDNN runs convolutions and matmuls in bf16) or none (`fp32`). The sampler's own
+    arithmetic (guidance, the ODE step) stays float32: callers cast the denoiser's output back."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
