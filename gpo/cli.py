@@ -181,6 +181,10 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., metavar="PROMPT", help=
                                                      "params/eval.yaml]"),
                  guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale  [default: "
                                                           "eval.guidance_scale of params/eval.yaml]"),
+                 solver: Optional[str] = typer.Option(None, help="ODE solver: default, ddim, dpm++ or unipc  "
+                                                      "[default: eval.solver of params/eval.yaml]"),
+                 precision: Optional[str] = typer.Option(None, help="denoiser precision: fp32 or bf16  [default: "
+                                                         "eval.precision of params/eval.yaml]"),
                  params: Path = ParamsOpt):
     """Generate images from prompts with a saved pipeline.
 
@@ -200,6 +204,13 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., metavar="PROMPT", help=
     sampling = _load(params, "eval.yaml").eval  # one source of truth: the sampler every evaluation uses
     steps = sampling.steps if steps is None else steps
     guidance = sampling.guidance_scale if guidance is None else guidance
+    solver = sampling.solver if solver is None else solver
+    precision = sampling.precision if precision is None else precision
+    from gpo.model.sampler import PRECISIONS, SOLVERS
+    if solver not in SOLVERS or precision not in PRECISIONS:
+        bad, allowed = ("--solver", SOLVERS) if solver not in SOLVERS else ("--precision", PRECISIONS)
+        raise GpoError(f"{bad} must be one of {', '.join(allowed)}", field=bad,
+                       value=solver if bad == "--solver" else precision, fix=f"e.g. {bad} {allowed[-1]}")
     if steps < 1:
         raise GpoError("--steps must be at least 1", field="--steps", value=steps,
                        fix=f"leave it out for eval.steps of params/eval.yaml ({sampling.steps})")
@@ -209,7 +220,8 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., metavar="PROMPT", help=
     folder = _resolve(out)
     folder.mkdir(parents=True, exist_ok=True)
     for text, s, image in zip(texts, seeds, generate(pipe, texts, seeds, steps=steps, guidance_scale=guidance,
-                                                     batch_size=sampling.batch_size)):
+                                                     batch_size=sampling.batch_size, solver=solver,
+                                                     precision=precision)):
         path = folder / f"{safe_name(text)}-seed{s}.png"
         image.save(path)
         typer.echo(str(path))

@@ -13,7 +13,7 @@ model object. Nothing of the model is a pickle, so loading it unpickles nothing 
 Input: the prompts, `list[str]` (MLflow infers the input schema from the type hint and checks inputs
 against it; a one-column DataFrame of prompts works too). `params`, all optional (their schema is in the
 logged signature): `seed` (the first image's seed; the next prompts get seed + 1, ...), `steps`,
-`guidance_scale`; the defaults are the evaluation's (gpo.tracking.predict_defaults).
+`guidance_scale`, `solver`, `precision`; the defaults are the evaluation's (gpo.tracking.predict_defaults).
 """
 
 from pathlib import Path
@@ -41,7 +41,7 @@ class GpoPipeline(PythonModel):
         p = {**predict_defaults(), **(params or {})}
         seeds = [int(p["seed"]) + i for i in range(len(prompts))]
         return generate(self.pipe, prompts, seeds, steps=int(p["steps"]), guidance_scale=float(p["guidance_scale"]),
-                        batch_size=32, progress=False)
+                        batch_size=32, progress=False, solver=str(p["solver"]), precision=str(p["precision"]))
 
 
 mlflow.models.set_model(GpoPipeline())

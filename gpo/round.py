@@ -199,7 +199,9 @@ def evaluate_once(model: Path, prompts: list[Prompt], scorers: Scorers, e: EvalP
     out = Path(out)
     done, stamp = out / "summary.json", out / "summary.inputs.json"
     pipe = load_any(model, family)
-    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump(), "sampler": sampler_stamp(pipe.scheduler, e.solver, e.precision)}
+    fingerprint = {"weights": weights_digest(pipe.denoiser), "eval": e.model_dump(), "sampler": sampler_stamp(pipe.scheduler, e.solver, e.precision),
+                   # an evaluation made without the second opinion is never reused by one with it (the guard needs it)
+                   "second_opinion": None if scorers.second is None else type(scorers.second).__name__}
     if done.exists() and stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return json.loads(done.read_text())
     summary = evaluate_model(pipe, prompts, scorers, e, out, "model", progress, weights=fingerprint["weights"])

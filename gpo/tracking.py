@@ -75,18 +75,21 @@ def predict_defaults() -> dict:
     from gpo.params import EvalParams
 
     e = EvalParams()
-    return {"seed": 0, "steps": int(e.steps), "guidance_scale": float(e.guidance_scale)}
+    return {"seed": 0, "steps": int(e.steps), "guidance_scale": float(e.guidance_scale), "solver": e.solver,
+            "precision": e.precision}
 
 
 def model_signature():
-    """Input: the prompts (strings); params: seed, steps, guidance_scale with predict's defaults."""
+    """Input: the prompts (strings); params: seed, steps, guidance_scale, solver, precision with predict's defaults."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     d = predict_defaults()
     return ModelSignature(inputs=Schema([ColSpec("string")]),
                           params=ParamSchema([ParamSpec("seed", "long", d["seed"]), ParamSpec("steps", "long", d["steps"]),
-                                              ParamSpec("guidance_scale", "double", d["guidance_scale"])]))
+                                              ParamSpec("guidance_scale", "double", d["guidance_scale"]),
+                                              ParamSpec("solver", "string", d["solver"]),
+                                              ParamSpec("precision", "string", d["precision"])]))
 
 
 def step_times(rd) -> list[dict]:

@@ -12,7 +12,7 @@ from gpo.evaluate import Scorers
 from gpo.generate import generate
 from gpo.model.build import build_pipeline, load_pipeline
 from gpo.errors import GpoError
-from gpo.model.sampler import clipping, sampler_stamp, solver_scheduler, unclipped
+from gpo.model.sampler import clipping, sampler_stamp, sampling_autocast, solver_scheduler, unclipped
 from gpo.params import ModelParams
 from gpo.prompts import Prompt
 
@@ -150,3 +150,10 @@ def test_sampler_stamp_tells_solvers_and_precisions_apart():
     stamps = {json.dumps(sampler_stamp(s, solver, precision), sort_keys=True)
               for solver in ("default", "dpm++") for precision in ("fp32", "bf16")}
     assert len(stamps) == 4
+
+
+def test_bf16_leaves_half_precision_weights_alone():
+    assert isinstance(sampling_autocast("cpu", "bf16"), torch.autocast)
+    for dtype in (torch.float16, torch.bfloat16):  # the GPU path: weights already in half precision
+        assert not isinstance(sampling_autocast("cpu", "bf16", dtype), torch.autocast)
+    assert not isinstance(sampling_autocast("cpu", "fp32"), torch.autocast)

@@ -150,8 +150,8 @@ class DiffusersBackbone:
                  solver: str = "default", precision: str = "fp32"):
         """Images (pil/np/pt) or, with output_type="latent", the sampled model-space latents (N, C, h, w)
         on the CPU in float32: decode them with `decode_latents`, train on them as they are. `solver` and
-        `precision` as for the embedded pipeline (gpo/model/sampler.py); bf16 is an autocast on top of the
-        dtype the pipeline was loaded in (on a GPU that dtype is already half precision)."""
+        `precision` as for the embedded pipeline (gpo/model/sampler.py); bf16 autocasts float32 weights
+        only: a pipeline loaded in half precision (the GPU path) samples in its own dtype."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         if len(seeds) != len(prompts):
@@ -161,7 +161,7 @@ class DiffusersBackbone:
         own = self.pipe.scheduler
         self.pipe.scheduler = solver_scheduler(own, solver)  # for this call only: training keeps `own`
         try:
-            with sampling_autocast(self.pipe.device, precision):
+            with sampling_autocast(self.pipe.device, precision, next(self.denoiser.parameters()).dtype):
                 latents = self.pipe(prompt=prompts, generator=gens, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, output_type="latent").images
         finally:

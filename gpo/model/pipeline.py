@@ -122,7 +122,7 @@ class TinyT2IPipeline(DiffusionPipeline):
             inp = torch.cat([x, x]) if use_cfg else x
             if hasattr(scheduler, "scale_model_input"):  # identity for DDIM, DPM-Solver++, UniPC; flow-Euler has none
                 inp = scheduler.scale_model_input(inp, t)
-            with sampling_autocast(device, precision):
+            with sampling_autocast(device, precision, next(self.denoiser.parameters()).dtype):
                 out = self.predict(inp, t, states, pooled)
             out = out.float()
             if use_cfg:

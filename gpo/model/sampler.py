@@ -73,12 +73,13 @@ def solver_scheduler(scheduler, solver: str):
     return UniPCMultistepScheduler.from_config(cfg, solver_order=2, final_sigmas_type="zero", **off)
 
 
-def sampling_autocast(device, precision: str):
+def sampling_autocast(device, precision: str, weights_dtype: torch.dtype = torch.float32):
     """The autocast context the denoiser runs under while sampling: bf16 (weights stay float32; on CPUs with
     AVX512-BF16/AMX, oneDNN runs convolutions and matmuls in bf16) or none (`fp32`). The sampler's own
-    arithmetic (guidance, the ODE step) stays float32: callers cast the denoiser's output back."""
+    arithmetic (guidance, the ODE step) stays float32: callers cast the denoiser's output back. A pipeline
+    loaded in half precision (the GPU path: fp16/bf16 weights) keeps its own dtype: no autocast on top."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
-    if precision == "fp32":
+    if precision == "fp32" or weights_dtype != torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
