@@ -85,13 +85,12 @@ def ground_truth(table: pd.DataFrame) -> torch.Tensor:
     return to_tensor([render_truth(by_text[t], 10_000_000 + int(s), sp).image for t, s in zip(table.prompt, table.seed)])
 
 
-def same_seed_check(model: Path, base: Path, table: pd.DataFrame, members: int, scorers, steps: int,
-                    guidance: float) -> dict:
+def same_seed_check(model: Path, base: Path, table: pd.DataFrame, members: int, scorers, sampling) -> dict:
     """Reward, accuracy and mean absolute pixel change on the first `members` seeds of every group."""
     t = table[table.member < members].reset_index(drop=True)
     by_text = {p.text: p for p in read_prompts(Path("data/prompts.jsonl"))}
     prompts = [by_text[x] for x in t.prompt]
-    kw = dict(steps=steps, guidance_scale=guidance, batch_size=64, progress=False)
+    kw = dict(sampling.sampler_kwargs(), progress=False)  # the groups' own sampler (params/gpo.yaml groups)
     new = generate(load_any(model), list(t.prompt), list(t.seed), **kw)
     old = generate(load_any(base), list(t.prompt), list(t.seed), **kw)
     scores = scorers.score(new, prompts)
@@ -133,7 +132,7 @@ def main() -> None:
     fit = {k: round(sum(r[k] for r in tail) / len(tail), 6) for k in ("loss", "implicit_accuracy", "delta_above", "delta_below")}
     row = {"name": a.name, "overrides": a.overrides + ([f"--control {a.control}"] if a.control else []), "groups": len(groups), "steps": len(log), "train_s": round(train_s),
            "fit_last_quarter": fit,
-           "same_seed": same_seed_check(model, base, table, a.members, scorers, cfg.groups.steps, cfg.groups.guidance_scale)}
+           "same_seed": same_seed_check(model, base, table, a.members, scorers, cfg.groups)}
     header = ["| name | overrides | steps | Δ above / below avg (last ¼) | implicit acc | counting reward (same seeds) | "
               "counting acc | text reward | text exact | pixel change c / t |", "|---|---|---|---|---|---|---|---|---|---|"]
     upsert_results("gpo_fixed_data", row, header, render)

@@ -109,7 +109,8 @@ def calibrate(world: WorldParams, e: EvalParams, prompts: list[Prompt], pipe: Ti
     gt = reward_models_on_ground_truth(prompts, world, scorers, e.gt_images, e.seed_offset)
     gt_seconds = time.time() - t0
     base = evaluate_model(pipe, prompts, scorers, e, out, "base", progress)
-    report = {"model": model_name, "reward_models_on_ground_truth": gt, "base_model": base,
+    sampler = {k: v for k, v in e.sampler_kwargs().items() if k != "batch_size"}  # what a re-check must reuse
+    report = {"model": model_name, "sampler": sampler, "reward_models_on_ground_truth": gt, "base_model": base,
               "bands": check_bands(base), "seconds": {"ground_truth": round(gt_seconds, 1), **base["seconds"]}}
     text = ["## Calibration of the embedded world", "", f"model: `{model_name}`", "",
             "### Reward models on rendered held-out ground truth", "",

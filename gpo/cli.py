@@ -181,7 +181,7 @@ def generate_cmd(prompt: list[str] = typer.Argument(..., metavar="PROMPT", help=
                                                      "params/eval.yaml]"),
                  guidance: Optional[float] = typer.Option(None, help="classifier-free guidance scale  [default: "
                                                           "eval.guidance_scale of params/eval.yaml]"),
-                 solver: Optional[str] = typer.Option(None, help="ODE solver: default, ddim, dpm++ or unipc  "
+                 solver: Optional[str] = typer.Option(None, help="ODE solver: auto, default, ddim, dpm++ or unipc  "
                                                       "[default: eval.solver of params/eval.yaml]"),
                  precision: Optional[str] = typer.Option(None, help="denoiser precision: fp32 or bf16  [default: "
                                                          "eval.precision of params/eval.yaml]"),

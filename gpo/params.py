@@ -169,10 +169,11 @@ class SamplingParams(Strict):
     guidance_scale: float = Field(2.0, ge=1, description="classifier-free guidance scale (2: the best held-out counting "
                                   "of the sweep, text level with 3; 4.5 over-draws)")
     batch_size: int = Field(64, ge=1, description="images generated per forward pass")
-    solver: Literal["default", "ddim", "dpm++", "unipc"] = Field(
-        "unipc", description="ODE solver of the sampler, built from the model's own noise schedule "
-        "(gpo/model/sampler.py): default = the model's scheduler (DDIM for the embedded model), ddim, dpm++ "
-        "(DPM-Solver++ 2M), unipc (UniPC 2nd order); training always uses the model's scheduler")
+    solver: Literal["auto", "default", "ddim", "dpm++", "unipc"] = Field(
+        "auto", description="ODE solver of the sampler, built from the model's own noise schedule "
+        "(gpo/model/sampler.py): auto = unipc for DDPM-type schedules (embedded UNet, SD, SDXL), the model's own "
+        "for flow matching (SD3, MMDiT); default = the model's scheduler (DDIM for the embedded model); ddim; "
+        "dpm++ (DPM-Solver++ 2M); unipc (UniPC 2nd order); training always uses the model's scheduler")
     precision: Literal["fp32", "bf16"] = Field(
         "bf16", description="denoiser precision while sampling: bf16 autocast of float32 weights (AVX512-BF16/AMX "
         "CPUs: 1.9× fp32; guidance and the ODE step stay float32; half-precision GPU weights keep their dtype), or fp32")

@@ -69,22 +69,25 @@ def log_key(index: int, model: Path, summary: dict, decision: Optional[dict]) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def predict_defaults() -> dict:
+def predict_defaults(workspace: Optional[Path] = None) -> dict:
     """What the registered model's predict uses where `params` says nothing: seed 0 and the evaluation's
-    default sampler settings (gpo.params.EvalParams), so a loaded champion samples as it was evaluated."""
-    from gpo.params import EvalParams
+    sampler settings — the workspace's params/eval.yaml when logging (they go into the model's signature),
+    else gpo.params.EvalParams' defaults — so a loaded champion samples as it was evaluated."""
+    from gpo.params import EvalFile, EvalParams, load
 
-    e = EvalParams()
+    path = None if workspace is None else Path(workspace) / "params" / "eval.yaml"
+    e = load(path, EvalFile).eval if path is not None and path.exists() else EvalParams()
     return {"seed": 0, "steps": int(e.steps), "guidance_scale": float(e.guidance_scale), "solver": e.solver,
             "precision": e.precision}
 
 
-def model_signature():
-    """Input: the prompts (strings); params: seed, steps, guidance_scale, solver, precision with predict's defaults."""
+def model_signature(workspace: Optional[Path] = None):
+    """Input: the prompts (strings); params: seed, steps, guidance_scale, solver, precision with predict's
+    defaults (`predict_defaults` of the workspace)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    d = predict_defaults()
+    d = predict_defaults(workspace)
     return ModelSignature(inputs=Schema([ColSpec("string")]),
                           params=ParamSchema([ParamSpec("seed", "long", d["seed"]), ParamSpec("steps", "long", d["steps"]),
                                               ParamSpec("guidance_scale", "double", d["guidance_scale"]),
@@ -346,7 +349,7 @@ class Tracker:
             # folder; no cloudpickle. The signature adds the params schema the type hints cannot give.
             info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE),
                                            artifacts={MODEL_ARTIFACT: str(model)}, pip_requirements=["gpo"])
-            set_signature(info.model_uri, model_signature())
+            set_signature(info.model_uri, model_signature(self.root))
             version = mlflow.register_model(info.model_uri, self.p.model_name).version
             fault_point("tracking:registered")
             return run.info.run_id, int(version)

@@ -262,3 +262,44 @@ def test_a_gpo_round_through_the_round_steps(saved, tmp_path, family):
     base = load_any(saved / family).denoiser.state_dict()
     assert any(not torch.equal(base[k], v) for k, v in trained.denoiser.state_dict().items())
     assert set(out.seconds) == {"generate", "score", "train"}
+
+
+@pytest.mark.parametrize("family", list(BUILDS))
+def test_solver_and_bf16_on_real_pipeline_types(saved, family):
+    """The params' defaults (solver auto, bf16) on SD / SDXL / SD3: auto picks UniPC for the DDPM-type
+    schedules and the model's own flow-Euler for SD3; bf16 runs the denoiser only, so every sample the
+    scheduler steps is float32; the pipeline's own scheduler is back after the call; a DDPM solver asked
+    for by name on SD3 is one clear error."""
+    from gpo.params import GroupParams
+
+    pipe = load_any(saved / family, family=family)
+    own = pipe.scheduler
+    g = GroupParams()
+    seen = []
+
+    def record(cls):
+        step = cls.step
+
+        def wrapped(self, model_output, timestep, sample, *a, **k):
+            seen.append((type(self).__name__, model_output.dtype, sample.dtype))
+            out = step(self, model_output, timestep, sample, *a, **k)
+            seen.append((type(self).__name__, None, out[0].dtype if isinstance(out, tuple) else out.prev_sample.dtype))
+            return out
+        return step, wrapped
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+    cls = FlowMatchEulerDiscreteScheduler if family == "sd3" else UniPCMultistepScheduler
+    step, wrapped = record(cls)
+    cls.step = wrapped
+    try:
+        pipe(["three red circles"] * 2, seeds=[0, 1], num_inference_steps=3, guidance_scale=2.0,
+             solver=g.solver, precision=g.precision)
+    finally:
+        cls.step = step
+    assert seen and {name for name, _, _ in seen} == {cls.__name__}
+    assert all(d == torch.float32 for _, m, x in seen for d in (m, x) if d is not None), seen
+    assert pipe.scheduler is own
+    assert pipe.denoiser.forward.__func__ is type(pipe.denoiser).forward  # the autocast wrapper is gone
+    if family == "sd3":
+        with pytest.raises(GpoError, match="flow matching"):
+            pipe(["one red circle"], seeds=[0], num_inference_steps=2, solver="unipc")

@@ -27,7 +27,12 @@ def test_shipped_weights_match_recorded_calibration(root, shipped_detector, ocr_
     e = load(root / "params" / "eval.yaml", EvalFile).eval
     pipe = load_pipeline(root / "release" / "base")
     sample = load_sample(root / "release")
-    got = rescore_sample(pipe, Scorers(shipped_detector, ocr_reader), sample, e.steps, e.guidance_scale, e.solver, e.precision)
+    # the sampler the calibration was measured with (recorded in it), not whatever eval.yaml says today
+    cal = json.loads((root / "release" / "calibration.json").read_text())
+    s = cal.get("sampler") or {"steps": e.steps, "guidance_scale": e.guidance_scale, "solver": e.solver,
+                               "precision": e.precision}
+    got = rescore_sample(pipe, Scorers(shipped_detector, ocr_reader), sample, s["steps"], s["guidance_scale"],
+                         s["solver"], s["precision"])
     # same prompts, seeds and sampler: the same images up to float noise across CPUs
     assert got["same_correct"] >= 0.9, got
     assert abs(got["mean_reward"] - got["recorded_mean_reward"]) <= 0.05, got

@@ -157,3 +157,19 @@ def test_bf16_leaves_half_precision_weights_alone():
     for dtype in (torch.float16, torch.bfloat16):  # the GPU path: weights already in half precision
         assert not isinstance(sampling_autocast("cpu", "bf16", dtype), torch.autocast)
     assert not isinstance(sampling_autocast("cpu", "fp32"), torch.autocast)
+
+
+def test_default_params_sample_every_embedded_arch():
+    """solver: auto is UniPC on the UNet's DDPM schedule and flow-Euler on the MMDiT's flow matching."""
+    from gpo.model.sampler import resolve_solver
+    from gpo.params import EvalParams
+
+    e = EvalParams()
+    unet = _tiny()
+    dit = build_pipeline(ModelParams(arch="sd3", text_width=16, text_layers=1, dit_layers=1, dit_width=32,
+                                     attention_head_dim=16))
+    assert resolve_solver(unet.scheduler, e.solver) == "unipc"
+    assert resolve_solver(dit.scheduler, e.solver) == "default"
+    for pipe in (unet, dit):
+        images = generate(pipe, ["two blue squares"], [5], **{**e.sampler_kwargs(), "steps": 2}, progress=False)
+        assert images[0].size == (pipe.resolution, pipe.resolution)

@@ -157,7 +157,9 @@ def test_the_champion_loads_without_unpickling_anything(tracked, tmp_path, monke
     again = model.predict(pd.DataFrame({"prompt": ["three red circles"]}), params={"steps": 2, "seed": 3})
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))  # same prompt and seed, same image
     params = {p.name: p.default for p in model.metadata.signature.params}
-    assert params == {"seed": 0, "steps": EvalParams().steps, "guidance_scale": EvalParams().guidance_scale}
+    e = EvalParams()  # the test's workspace has no params/eval.yaml: the defaults
+    assert params == {"seed": 0, "steps": e.steps, "guidance_scale": e.guidance_scale, "solver": e.solver,
+                      "precision": e.precision}
     assert (tracker.downloaded_pipeline(tracker.champion()) / "model_index.json").exists()
 
 
@@ -308,3 +310,13 @@ def test_an_older_experiment_gets_the_kind_and_a_users_choice_stays(tmp_path):
     chosen = Tracker(MlflowParams(tracking_uri=uri, experiment="chosen"), tmp_path)
     assert client.get_experiment(old.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert client.get_experiment(chosen.experiment_id).tags[EXPERIMENT_KIND_TAG] == "finetuning"
+
+
+def test_predict_defaults_come_from_the_workspace_eval_params(tmp_path):
+    from gpo.tracking import predict_defaults
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "eval.yaml").write_text("eval:\n  steps: 9\n  solver: dpm++\n  precision: fp32\n")
+    d = predict_defaults(tmp_path)
+    assert (d["steps"], d["solver"], d["precision"]) == (9, "dpm++", "fp32")
+    assert predict_defaults(tmp_path / "elsewhere")["steps"] == EvalParams().steps

@@ -24,7 +24,7 @@ from PIL import Image
 
 from gpo.errors import GpoError
 from gpo.model.pipeline import images_to_tensor
-from gpo.model.sampler import sampling_autocast, solver_scheduler, unclipped
+from gpo.model.sampler import denoiser_autocast, solver_scheduler, unclipped
 
 # model_index.json `_class_name` -> family; the embedded pipeline is `TinyT2IPipeline`
 FAMILIES = {"TinyT2IPipeline": "embedded", "StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
@@ -150,8 +150,9 @@ class DiffusersBackbone:
                  solver: str = "default", precision: str = "fp32"):
         """Images (pil/np/pt) or, with output_type="latent", the sampled model-space latents (N, C, h, w)
         on the CPU in float32: decode them with `decode_latents`, train on them as they are. `solver` and
-        `precision` as for the embedded pipeline (gpo/model/sampler.py); bf16 autocasts float32 weights
-        only: a pipeline loaded in half precision (the GPU path) samples in its own dtype."""
+        `precision` as for the embedded pipeline (gpo/model/sampler.py): bf16 runs the denoiser's forward
+        only under autocast and returns float32 (text encoders, guidance and the scheduler stay float32), for
+        float32 weights only: a pipeline loaded in half precision (the GPU path) samples in its own dtype."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
         if len(seeds) != len(prompts):
@@ -161,7 +162,7 @@ class DiffusersBackbone:
         own = self.pipe.scheduler
         self.pipe.scheduler = solver_scheduler(own, solver)  # for this call only: training keeps `own`
         try:
-            with sampling_autocast(self.pipe.device, precision, next(self.denoiser.parameters()).dtype):
+            with denoiser_autocast(self.denoiser, self.pipe.device, precision):
                 latents = self.pipe(prompt=prompts, generator=gens, num_inference_steps=num_inference_steps,
                                     guidance_scale=guidance_scale, output_type="latent").images
         finally:

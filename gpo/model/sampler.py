@@ -11,6 +11,7 @@ drawn by the plain ODE step.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 
 import torch
@@ -39,25 +40,39 @@ def unclipped(scheduler):
 
 def sampler_stamp(scheduler, solver: str = "default", precision: str = "fp32") -> dict:
     """What of the sampler goes into the resume stamps of generated images (gpo/resume.py): images drawn by
-    another scheduler, solver or precision, or with clipping on, are never reused."""
-    return {"scheduler": type(scheduler).__name__, "clipping": clipping(scheduler), "solver": solver,
-            "precision": precision}
+    another scheduler, solver (its class and config as built) or precision, or with clipping on, are never
+    reused."""
+    built = solver_scheduler(scheduler, solver)
+    config = {k: v for k, v in built.config.items() if not k.startswith("_")}
+    return {"scheduler": type(scheduler).__name__, "clipping": clipping(scheduler),
+            "solver": resolve_solver(scheduler, solver), "solver_class": type(built).__name__,
+            "solver_config": json.loads(json.dumps(config, default=str)), "precision": precision}
 
 
 # --- the ODE solver and the sampling precision ---------------------------------------------------------
 # A pipeline keeps the scheduler it was trained with (training draws its noise levels from it); `solver`
 # only chooses how the sampling ODE is integrated, per call, from the same noise schedule.
-SOLVERS = ("default", "ddim", "dpm++", "unipc")
+SOLVERS = ("auto", "default", "ddim", "dpm++", "unipc")
 PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_solver(scheduler, solver: str) -> str:
+    """`auto`: UniPC for a DDPM-type noise schedule (the embedded UNet, SD, SDXL), the pipeline's own
+    scheduler for flow matching (sd3, the MMDiT arch), which has nothing else here. Other names as given."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r}: one of {SOLVERS}")
+    if solver == "auto":
+        return "default" if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) else "unipc"
+    return solver
 
 
 def solver_scheduler(scheduler, solver: str):
     """The scheduler that integrates the sampling ODE: the pipeline's own (`default`), or DDIM, DPM-Solver++
     (2nd order multistep) or UniPC (2nd order, with corrector) built from the same config (noise schedule,
-    prediction type, timestep spacing), never clipping x0, and ending at noise level 0 like DDIM with
-    set_alpha_to_one. Flow-matching pipelines (sd3, the MMDiT arch) have only their own Euler solver."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver {solver!r}: one of {SOLVERS}")
+    prediction type, timestep spacing), never clipping x0; DPM-Solver++ and UniPC take their last step to
+    noise level 0. `auto`: see `resolve_solver`. Flow-matching pipelines (sd3, the MMDiT arch) have only
+    their own Euler solver: asking for a DDPM one by name is an error."""
+    solver = resolve_solver(scheduler, solver)
     if solver == "default":
         return scheduler
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
@@ -76,10 +91,39 @@ def solver_scheduler(scheduler, solver: str):
 def sampling_autocast(device, precision: str, weights_dtype: torch.dtype = torch.float32):
     """The autocast context the denoiser runs under while sampling: bf16 (weights stay float32; on CPUs with
     AVX512-BF16/AMX, oneDNN runs convolutions and matmuls in bf16) or none (`fp32`). The sampler's own
-    arithmetic (guidance, the ODE step) stays float32: callers cast the denoiser's output back. A pipeline
+    arithmetic (guidance, the ODE step) stays float32: only the denoiser's forward runs under it, and its
+    output is cast back to float32 (TinyT2IPipeline.__call__, `denoiser_autocast`). A pipeline
     loaded in half precision (the GPU path: fp16/bf16 weights) keeps its own dtype: no autocast on top."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
     if precision == "fp32" or weights_dtype != torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def denoiser_autocast(net: torch.nn.Module, device, precision: str):
+    """For pipelines gpo does not own (diffusers' SD / SDXL / SD3 `__call__`): for the duration, the
+    denoiser's forward runs under `sampling_autocast` and returns float32, so the text encoders, the
+    guidance and the scheduler's state stay float32 (Euler-type schedulers cast their sample to the
+    model output's dtype). No-op for fp32 or half-precision weights."""
+    ctx = sampling_autocast(device, precision, next(net.parameters()).dtype)
+    if isinstance(ctx, contextlib.nullcontext):
+        yield
+        return
+    inner = net.forward
+
+    def forward(*args, **kwargs):
+        with sampling_autocast(device, precision):
+            out = inner(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(o.float() if torch.is_tensor(o) else o for o in out)
+        if hasattr(out, "sample") and torch.is_tensor(out.sample):
+            out.sample = out.sample.float()
+        return out.float() if torch.is_tensor(out) else out
+
+    net.forward = forward
+    try:
+        yield
+    finally:
+        del net.forward  # back to the class's forward
