@@ -208,7 +208,7 @@ def test_kept_latents_are_the_sampled_ones_and_feed_training(saved, tmp_path):
         assert (tmp_path / "kept" / rel).with_suffix(".latents.safetensors").exists()
     x_kept = model_inputs(kept, tmp_path / "kept", pipe.encode_images)
     sampled = pipe(list(kept["prompt"]), seeds=list(kept["seed"]), num_inference_steps=2, guidance_scale=2.0,
-                   output_type="latent").images
+                   output_type="latent", solver=g.solver, precision=g.precision).images  # the groups' sampler
     assert torch.allclose(x_kept, sampled, atol=1e-5)  # exactly what the sampler produced ...
     x_enc = model_inputs(plain, tmp_path / "plain", pipe.encode_images)
     assert torch.equal(x_enc, pipe.encode_images(load_images(plain, tmp_path / "plain")))  # ... else re-encoded
