@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from gpo.errors import GpoError
-from gpo.model.sampler import sampling_autocast, solver_scheduler
+from gpo.model.sampler import denoiser_autocast, solver_scheduler
 
 
 def images_to_tensor(images) -> torch.Tensor:
@@ -118,17 +118,16 @@ class TinyT2IPipeline(DiffusionPipeline):
         scheduler = solver_scheduler(self.scheduler, solver)
         scheduler.set_timesteps(num_inference_steps, device=device)
         x = x * getattr(scheduler, "init_noise_sigma", 1.0)
-        for t in self.progress_bar(scheduler.timesteps):
-            inp = torch.cat([x, x]) if use_cfg else x
-            if hasattr(scheduler, "scale_model_input"):  # identity for DDIM, DPM-Solver++, UniPC; flow-Euler has none
-                inp = scheduler.scale_model_input(inp, t)
-            with sampling_autocast(device, precision, next(self.denoiser.parameters()).dtype):
+        with denoiser_autocast(self.denoiser, device, precision):  # the same mechanism as SD/SDXL/SD3
+            for t in self.progress_bar(scheduler.timesteps):
+                inp = torch.cat([x, x]) if use_cfg else x
+                if hasattr(scheduler, "scale_model_input"):  # identity for DDIM, DPM-Solver++, UniPC; flow-Euler has none
+                    inp = scheduler.scale_model_input(inp, t)
                 out = self.predict(inp, t, states, pooled)
-            out = out.float()
-            if use_cfg:
-                uncond, cond = out.chunk(2)
-                out = uncond + guidance_scale * (cond - uncond)
-            x = scheduler.step(out, t, x, return_dict=False)[0]
+                if use_cfg:
+                    uncond, cond = out.chunk(2)
+                    out = uncond + guidance_scale * (cond - uncond)
+                x = scheduler.step(out, t, x, return_dict=False)[0]
         images = ((x.clamp(-1, 1) + 1) / 2).cpu()
         if output_type == "pt":
             result = images

@@ -92,7 +92,7 @@ def sampling_autocast(device, precision: str, weights_dtype: torch.dtype = torch
     """The autocast context the denoiser runs under while sampling: bf16 (weights stay float32; on CPUs with
     AVX512-BF16/AMX, oneDNN runs convolutions and matmuls in bf16) or none (`fp32`). The sampler's own
     arithmetic (guidance, the ODE step) stays float32: only the denoiser's forward runs under it, and its
-    output is cast back to float32 (TinyT2IPipeline.__call__, `denoiser_autocast`). A pipeline
+    output is cast back to float32 (`denoiser_autocast`, used by every pipeline gpo samples). A pipeline
     loaded in half precision (the GPU path: fp16/bf16 weights) keeps its own dtype: no autocast on top."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
@@ -103,8 +103,8 @@ def sampling_autocast(device, precision: str, weights_dtype: torch.dtype = torch
 
 @contextlib.contextmanager
 def denoiser_autocast(net: torch.nn.Module, device, precision: str):
-    """For pipelines gpo does not own (diffusers' SD / SDXL / SD3 `__call__`): for the duration, the
-    denoiser's forward runs under `sampling_autocast` and returns float32, so the text encoders, the
+    """For the duration, the denoiser's forward runs under `sampling_autocast` and returns float32 (the
+    embedded pipeline's loop and diffusers' SD / SDXL / SD3 `__call__` alike), so the text encoders, the
     guidance and the scheduler's state stay float32 (Euler-type schedulers cast their sample to the
     model output's dtype). No-op for fp32 or half-precision weights."""
     ctx = sampling_autocast(device, precision, next(net.parameters()).dtype)
