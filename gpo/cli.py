@@ -437,38 +437,6 @@ def release_cmd(pretrained: Path = typer.Option(Path("data/pretrain"), help="out
     typer.echo(f"released into {release(_resolve(pretrained), _resolve(detector), _resolve(calibration), _resolve(to))}")
 
 
-def _dvc(root: Path, *args: str) -> str:
-    """Run the environment's `dvc` in the workspace; a failure is one GpoError with DVC's own words."""
-    import shutil
-    import subprocess
-
-    exe = Path(sys.executable).parent / "dvc"
-    exe = str(exe) if exe.exists() else (shutil.which("dvc") or "dvc")
-    proc = subprocess.run([exe, *args], cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise GpoError(f"`dvc {' '.join(args)}` failed: {(proc.stderr or proc.stdout).strip()[-1500:]}",
-                       file=str(root / "dvc.yaml"), fix="run the pipeline first (`make run` or `dvc repro`)")
-    return proc.stdout
-
-
-# `gpo exp`: the columns a reader compares experiments by. DVC matches these regexes from the start of a
-# column name; --keep wins over --drop and --only-changed.
-EXP_HEADLINE = (r"Experiment|champion_round$|champion\.(headline|counting_heldout_accuracy|"
-                r"text_heldout_mean_reward|text_heldout_accuracy)$|base\.headline$")
-# dropped: dependency hashes (paths: gpo/model, data/prompts.jsonl, ...) and the metrics of the per-round
-# and calibration files (data/rounds/round-I/metrics.json, ...: `cache: false`, so `!` in every experiment);
-# params are `section.key` (train.beta, detector.conf) and stay when they differ
-EXP_DROP = r".*/.*|headline$|(counting|text|second|detector|ocr)_.*|rounds$|last\."
-
-
-def exp_show_args(all_columns: bool = False) -> list[str]:
-    """The `dvc exp show` arguments of `gpo exp` (also quoted in the README)."""
-    base = ["exp", "show", "--no-pager", "--md"]
-    if all_columns:
-        return base
-    return [*base, "--only-changed", "--drop", EXP_DROP, "--keep", EXP_HEADLINE]
-
-
 @app.command("exp")
 def exp_cmd(all_columns: bool = typer.Option(False, "--all", help="every column (≈ 230: params, metrics, "
                                              "dependency hashes)")):
@@ -477,7 +445,9 @@ def exp_cmd(all_columns: bool = typer.Option(False, "--all", help="every column 
     `dvc exp show` prints every param, metric and dependency hash (≈ 230 columns, "…" without a
     terminal). This is `dvc exp show --md --only-changed` without dependency hashes, keeping the
     champion's headline metrics (data/metrics/rounds.json) and the params that differ."""
-    typer.echo(_dvc(workspace(), *exp_show_args(all_columns)).rstrip())
+    from gpo.dvc_views import exp_show_args, run_dvc
+
+    typer.echo(run_dvc(workspace(), *exp_show_args(all_columns)).rstrip())
 
 
 @app.command("plots")
@@ -487,35 +457,10 @@ def plots_cmd(out: Path = typer.Option(Path("dvc_plots"), help="folder to write 
     `dvc plots show` writes a page that loads vega from a CDN, blank offline. This renders the same
     Vega-Lite specs (dvc.yaml `plots:`) with vl-convert: OUT/index.html shows them as inline SVG (no
     scripts), OUT/<plot>.svg, and OUT/<plot>.html is one interactive page with vega bundled."""
-    import html
+    from gpo.dvc_views import render_plots
 
-    import vl_convert as vlc
-
-    root = workspace()
-    data = json.loads(_dvc(root, "plots", "show", "--json")).get("data", {})
-    folder = _resolve(out)
-    sections, missing = [], []
-    for source, plots in data.items():
-        specs = [p["content"] for p in plots if p.get("type") == "vega" and p.get("content")]
-        if not specs:
-            missing.append(source)
-            continue
-        for k, spec in enumerate(specs):
-            stem = Path(source).stem + (f"-{k + 1}" if len(specs) > 1 else "")
-            folder.mkdir(parents=True, exist_ok=True)
-            svg = vlc.vegalite_to_svg(spec)
-            (folder / f"{stem}.svg").write_text(svg)
-            (folder / f"{stem}.html").write_text(vlc.vegalite_to_html(spec, bundle=True))
-            sections.append(f'<h2>{html.escape(source)}</h2>\n<p><a href="{stem}.html">interactive</a> · '
-                            f'<a href="{stem}.svg">svg</a></p>\n{svg}')
-            typer.echo(f"wrote {out}/{stem}.svg and {stem}.html")
-    if not sections:
-        raise GpoError("no plot has data yet", file=str(root / "dvc.yaml"), value=sorted(missing),
-                       fix="run the pipeline first (`make run`, or `dvc repro report`)")
-    page = ("<!doctype html>\n<html><head><meta charset='utf-8'><title>gpo: DVC plots</title></head><body>\n"
-            "<h1>DVC plots (rendered offline by `gpo plots`)</h1>\n" + "\n".join(sections) +
-            ("".join(f"<p>no data yet: {html.escape(m)}</p>" for m in missing)) + "\n</body></html>\n")
-    (folder / "index.html").write_text(page)
+    for stem in render_plots(workspace(), _resolve(out)):
+        typer.echo(f"wrote {out}/{stem}.svg and {stem}.html")
     typer.echo(f"wrote {out}/index.html (open it in a browser; nothing is loaded from the network)")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpo.cli import EXP_DROP, EXP_HEADLINE, exp_show_args
+from gpo.dvc_views import EXP_DROP, EXP_HEADLINE, exp_show_args
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
