@@ -450,6 +450,31 @@ def exp_cmd(all_columns: bool = typer.Option(False, "--all", help="every column 
     typer.echo(run_dvc(workspace(), *exp_show_args(all_columns)).rstrip())
 
 
+@app.command("study")
+def study_cmd(action: str = typer.Argument("run", help="run (queue what is missing, run it, report) or report"),
+              arms: list[str] = typer.Option(None, "--arm", help="loss arm (repeat; default: all five)"),
+              seeds: list[int] = typer.Option(None, "--seed", help="study seed (repeat; default: 0 1 2)"),
+              jobs: int = typer.Option(1, help="experiments run in parallel by the DVC queue")):
+    """Compare the loss arms (gpo, dpo, ...) at equal budget as DVC experiments.
+
+    Every (arm, seed) is a `dvc exp run --queue` experiment of the main pipeline (one round of one
+    iteration); the report is docs/study.md, docs/study.png and benchmarks/results/study.json."""
+    from gpo.dvc_views import run_dvc
+    from gpo.loss import ARMS
+    from gpo.study import SEEDS, run_study, write_report
+
+    if action not in ("run", "report"):
+        raise GpoError("unknown study action", field="ACTION", value=action, fix="pass run or report")
+    arms, seeds = list(arms or ARMS), list(seeds or SEEDS)
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        raise GpoError("unknown loss arm", field="--arm", value=bad[0], fix=f"one of {', '.join(ARMS)}")
+    root = workspace()
+    path = (run_study(root, run_dvc, arms, seeds, jobs, echo=typer.echo) if action == "run"
+            else write_report(root, run_dvc, arms, seeds))
+    typer.echo(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path}")
+
+
 @app.command("plots")
 def plots_cmd(out: Path = typer.Option(Path("dvc_plots"), help="folder to write (git-ignored)")):
     """Render the DVC plots for offline viewing.

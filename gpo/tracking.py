@@ -325,7 +325,11 @@ class Tracker:
         start = min([t["start"] for t in steps] + [time.time()])
         tags = resolve_tags({"round": str(index), "git_commit": _git_commit(self.root),
                              "dvc_lock_md5": _file_md5(self.root / "dvc.lock"), "promoted": str(promoted),
-                             "model_path": portable(model), KEY_TAG: key})
+                             "model_path": portable(model), KEY_TAG: key,
+                             # the loss arm and seeds: what a comparison of runs (gpo study) is browsed by
+                             **{tag: self.run_params[k] for tag, k in (("arm", "train.arm"), ("seed", "train.seed"),
+                                                                       ("groups_seed", "groups.seed"))
+                                if k in self.run_params}})
         created = self.client.create_run(self.experiment_id, start_time=int(start * 1000), tags=tags,
                                          run_name=f"round-{index}")
         with mlflow.start_run(run_id=created.info.run_id) as run:

@@ -76,6 +76,9 @@ def test_every_round_is_a_run_and_a_registered_version(tracked):
     r1 = runs[runs["tags.round"] == "1"].iloc[0]
     assert r1["metrics.eval/counting_heldout_accuracy_low"] <= r1["metrics.eval/counting_heldout_accuracy"]
     assert r1["tags.git_commit"] and r1["params.train.beta"] == "10.0"
+    # the loss arm and seeds as tags: a comparison of runs (gpo study) is filtered by them in the UI
+    assert (r1["tags.arm"], r1["tags.seed"]) == (r1["params.train.arm"], r1["params.train.seed"]) == ("gpo", "0")
+    assert r1["tags.groups_seed"] == r1["params.groups.seed"]
     history = tracker.client.get_metric_history(r1["run_id"], "train/loss")
     assert len(history) == 2 and [m.step for m in history] == [1, 2]  # 4 groups / 2 per step, 1 epoch
     arts = {a.path for a in tracker.client.list_artifacts(r1["run_id"], "grids")}
