@@ -57,7 +57,7 @@ def budget_overrides(root: Path) -> dict[str, object]:
     (each queued experiment snapshots them), then restored: one round of one iteration, MLflow in the
     workspace's store (absolute: the experiments run in .dvc/tmp) under its own experiment and model name."""
     root = Path(root).resolve()
-    return {"gpo.yaml:groups.iterations": 1,
+    return {"gpo.yaml:groups.iterations": 1, "run.yaml:rounds": {str(ROUND): {"prev": ROUND - 1, "start": "auto"}},
             "run.yaml:mlflow.tracking_uri": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
             "run.yaml:mlflow.artifact_root": str(root / "mlflow" / "artifacts"),
             "run.yaml:mlflow.experiment": "gpo-study", "run.yaml:mlflow.model_name": "gpo-study"}
