@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from gpo.round import read_record
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BIN = Path(sys.executable).parent
@@ -126,7 +128,7 @@ def main() -> None:
             r1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - t0
             cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
             metrics = json.loads((ws / "data/rounds/round-1/metrics.json").read_text())
-            seconds = json.loads((ws / "data/rounds/round-1/eval/round.json").read_text())["seconds"]
+            seconds = read_record(ws / "data/rounds/round-1")["seconds"]
             runs[side].append({"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "metrics": metrics,
                                "stage_seconds": seconds})
             print(side, runs[side][-1]["wall_s"], "s wall", runs[side][-1]["cpu_s"], "s cpu", flush=True)

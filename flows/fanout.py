@@ -207,10 +207,14 @@ def fanout_round(round_index: int, model: str, round_dir: str, shards: int = 2,
     manifest, rewards = merge_shards([(offset, f) for (offset, _), f in zip(plans, folders)], rd.groups)
     wall = round(time.time() - t0, 2)
     # seconds of the slowest shard per step (what the round waited for); the whole fan-out's wall time too
-    atomic_write_json(rd.seconds_file("generate"), {
-        "seconds": max(i["seconds"]["generate"] for i in infos), "start_model": portable(model),
-        "images": len(manifest), "fanout": {"shards": infos, "wall_seconds": wall, "deployment": deployment}})
+    # (timings/, not a DVC output; workers, hosts and pids vary from run to run too), then the step markers
+    atomic_write_json(rd.seconds_file("generate"), {"seconds": max(i["seconds"]["generate"] for i in infos),
+                                                    "fanout": {"shards": infos, "wall_seconds": wall}})
     atomic_write_json(rd.seconds_file("score"), {"seconds": max(i["seconds"]["score"] for i in infos)})
+    atomic_write_json(rd.step_file("generate"), {
+        "start_model": portable(model), "images": len(manifest),
+        "fanout": {"deployment": deployment, "shards": [{k: i[k] for k in ("offset", "prompts", "images")} for i in infos]}})
+    atomic_write_json(rd.step_file("score"), {"images": len(manifest)})
     workers = sorted({str(i["worker"]) for i in infos})
     print(f"round {round_index}: {len(manifest)} images in {len(infos)} shards on workers {workers}, {wall} s")
     return {"images": len(manifest), "groups": int(manifest["group"].nunique()), "shards": infos,

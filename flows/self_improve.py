@@ -30,7 +30,7 @@ from flows.dvc_stage import dvc_subprocess, repro_stage
 from gpo.env import workspace
 from gpo.graph import iteration_key, iterations_of, write_graph
 from gpo.lock import workspace_lock
-from gpo.round import rounds_markdown, rounds_table
+from gpo.round import read_record, rounds_markdown, rounds_table
 from gpo.stages import Workspace, apply_overrides
 
 # Retries where the failure can be transient (a killed worker, a full disk freed, an OCR/YOLO hiccup);
@@ -56,7 +56,7 @@ def run_stage(name: str, root: Path) -> str:
 
 
 def _round_artifact(ws: Workspace, index: int) -> dict:
-    record = json.loads((ws.rounds / f"round-{index}" / "eval" / "round.json").read_text())
+    record = read_record(ws.rounds / f"round-{index}")
     rows = [r for r in rounds_table(ws.rounds) if r["round"] in (0, index)]
     link = ""
     if record.get("mlflow_run"):

@@ -76,8 +76,15 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
             continue
         judged_grid([images[i] for i in idx], table.iloc[idx], out / f"{name}_{task}_grid.png", title=f"{name}: {task}, held-out")
     summary = summarize(table)
-    summary["seconds"] = {"generate": round(t1 - t0, 1), "score": round(t2 - t1, 1)}
+    # the seconds go beside the evaluation, not into it: the summary is part of DVC outputs (eval/,
+    # champion.json) and must not differ between two runs that gave the same results
+    atomic_write_json(timing_file(out, name), {"generate": round(t1 - t0, 1), "score": round(t2 - t1, 1)})
     return summary
+
+
+def timing_file(out: Path, name: str) -> Path:
+    """Where an evaluation written to `out` keeps its seconds: `timings/` beside `out`, no DVC output."""
+    return Path(out).parent / "timings" / f"{Path(out).name}_{name}.json"
 
 
 def check_bands(summary: dict) -> dict[str, bool]:
@@ -111,7 +118,8 @@ def calibrate(world: WorldParams, e: EvalParams, prompts: list[Prompt], pipe: Ti
     base = evaluate_model(pipe, prompts, scorers, e, out, "base", progress)
     sampler = {k: v for k, v in e.sampler_kwargs().items() if k != "batch_size"}  # what a re-check must reuse
     report = {"model": model_name, "sampler": sampler, "reward_models_on_ground_truth": gt, "base_model": base,
-              "bands": check_bands(base), "seconds": {"ground_truth": round(gt_seconds, 1), **base["seconds"]}}
+              "bands": check_bands(base)}
+    atomic_write_json(timing_file(out, "ground_truth"), {"seconds": round(gt_seconds, 1)})
     text = ["## Calibration of the embedded world", "", f"model: `{model_name}`", "",
             "### Reward models on rendered held-out ground truth", "",
             "| reward model | exact accuracy [95% CI] | n |", "|---|---|---|"]

@@ -11,6 +11,11 @@ folder, and each step writes only its own files (they are the DVC outputs of its
     eval/round.json, metrics.json, champion.json
 `champion.json` names the model the next round starts from: this round's, when it beats the previous
 champion by the rule of gpo/promotion.py, else the previous champion.
+
+What differs between two runs with identical results — the seconds of each step, the registered
+version and the MLflow run — is kept out of those outputs (so `dvc.lock` does not change when nothing
+did): in `timings/<step>.json` of the round or iteration folder and in the round's `run.json`, neither of
+them a DVC output. `read_record` gives the round's record with them.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gpo.scoring import score_groups
 from gpo.train import groups_from_table, train_gpo
 
 STEPS = ("generate", "score", "train", "evaluate")
+VARIABLE = ("seconds", "version", "mlflow_run")  # the record's run-to-run variable fields (run.json)
 
 
 @dataclass(frozen=True)
@@ -97,17 +103,36 @@ class RoundDir:
     def champion(self) -> Path:
         return self.root / "champion.json"
 
-    def seconds_file(self, step: str) -> Path:
+    @property
+    def run_info(self) -> Path:
+        """The round's seconds, registered version and MLflow run: outside every DVC output."""
+        return self.root / "run.json"
+
+    def step_file(self, step: str) -> Path:
+        """The step's marker (a DVC output: what it did, nothing that varies from run to run)."""
         return {"generate": self.groups / "generate.json", "score": self.groups / "score.json",
-                "train": self.train / "train.json", "evaluate": self.eval / "evaluate.json"}[step]
+                "train": self.train / "train.json"}[step]
+
+    def seconds_file(self, step: str) -> Path:
+        """The step's seconds, written as it ends (its mtime is the end): not a DVC output."""
+        return self.root / "timings" / f"{step}.json"
+
+    def timing(self, step: str) -> Path | None:
+        """The file holding the step's seconds: timings/, or in a round written before timings/ existed
+        the step's marker (eval/evaluate.json for the evaluation); None when the step has not run."""
+        for f in (self.seconds_file(step),
+                  self.eval / "evaluate.json" if step == "evaluate" else self.step_file(step)):
+            if f.exists() and "seconds" in json.loads(f.read_text()):
+                return f
+        return None
 
     def seconds(self) -> dict[str, float]:
         """Seconds per step; generate, score and train summed over a semi-online round's iterations."""
         out: dict[str, float] = {}
         for step in STEPS:
             for part in (self.parts if step != "evaluate" else [self]):
-                f = part.seconds_file(step)
-                if f.exists():
+                f = part.timing(step)
+                if f is not None:
                     out[step] = round(out.get(step, 0.0) + json.loads(f.read_text())["seconds"], 2)
         return out
 
@@ -136,8 +161,27 @@ def round_dir(root: Path) -> RoundDir:
 
 
 def _timed(rd: RoundDir, step: str, t0: float, **extra) -> None:
+    """The step's seconds (timings/, not tracked), then its marker (a DVC output, `extra` only)."""
     if process_state().is_main_process:  # under `accelerate launch` the main process writes
-        atomic_write_json(rd.seconds_file(step), {"seconds": round(time.time() - t0, 2), **extra})
+        atomic_write_json(rd.seconds_file(step), {"seconds": round(time.time() - t0, 2)})
+        if step != "evaluate":
+            atomic_write_json(rd.step_file(step), extra)
+
+
+def write_record(rd: RoundDir, record: dict) -> None:
+    """eval/round.json (a DVC output) without the run-to-run variable fields; those go to run.json."""
+    atomic_write_json(rd.run_info, {k: record.get(k) for k in VARIABLE})
+    atomic_write_json(rd.record, {k: v for k, v in record.items() if k not in VARIABLE})
+
+
+def read_record(root: Path) -> dict:
+    """A round folder's record with its seconds, version and MLflow run (None where run.json is gone,
+    e.g. after `dvc checkout` in another clone: DVC restores results, not timings)."""
+    root = Path(root)
+    rec = json.loads((root / "eval" / "round.json").read_text())
+    info = root / "run.json"
+    extra = json.loads(info.read_text()) if info.exists() else {}
+    return {**rec, **{k: extra.get(k, rec.get(k)) for k in VARIABLE}, "seconds": extra.get("seconds") or rec.get("seconds") or {}}
 
 
 def read_champion(path: Path) -> dict:
@@ -165,7 +209,7 @@ def step_score(rd: RoundDir, scorers: Scorers) -> pd.DataFrame:
     if not rd.manifest.exists():
         raise GpoError("no generated groups to score", file=str(rd.manifest), fix="run the generate step first")
     rewards = score_groups(pd.read_parquet(rd.manifest), rd.groups, scorers)
-    _timed(rd, "score", t0)
+    _timed(rd, "score", t0, images=len(rewards))
     return rewards
 
 
@@ -228,7 +272,7 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
     atomic_write_json(rd.metrics, metrics)
     _timed(rd, "evaluate", t0)
     rewards = rd.all_rewards()
-    first = rd.parts[0].seconds_file("generate")
+    first = rd.parts[0].step_file("generate")
     record = {"round": index, "iterations": rd.iterations,
               "model_in": json.loads(first.read_text())["start_model"] if first.exists() else None,
               "model_out": portable(rd.model), "seconds": rd.seconds(), "metrics": metrics, "headline": headline(summary),
@@ -238,7 +282,7 @@ def step_evaluate(index: int, rd: RoundDir, prev_champion: dict, prompts: list[P
         record.update(train_reward_by_task(rewards))
     version = tracker.log_round(index, rd, record, summary, decision.promote) if tracker else None
     record["version"], record["mlflow_run"] = version, tracker.last_run if tracker else None
-    atomic_write_json(rd.record, record)
+    write_record(rd, record)
     champion = champion_entry(index, rd.model, summary, version) if decision.promote else prev_champion
     atomic_write_json(rd.champion, champion)
     return champion, decision
@@ -253,7 +297,7 @@ def step_base(base: Path, rd: RoundDir, summary: dict, tracker=None) -> dict:
               "headline": headline(summary), "decision": None}
     version = tracker.log_round(0, rd, record, summary, True, model=Path(base)) if tracker else None
     record["version"], record["mlflow_run"] = version, tracker.last_run if tracker else None
-    atomic_write_json(rd.record, record)
+    write_record(rd, record)
     champion = champion_entry(0, base, summary, version)
     atomic_write_json(rd.champion, champion)
     return champion
@@ -288,7 +332,7 @@ def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg
     rd = RoundDir(Path(folder), cfg.groups.iterations)
     model = model_in
     for j, part in enumerate(rd.parts, start=1):
-        if not (part.model / "model_index.json").exists() or not part.seconds_file("train").exists():
+        if not (part.model / "model_index.json").exists() or not part.step_file("train").exists():
             if not part.rewards.exists():
                 step_generate(batch_index(index, j, rd.iterations), model, part, prompts, cfg, progress)
                 step_score(part, scorers)
@@ -330,7 +374,7 @@ def rounds_table(folder: Path, n: Optional[int] = None) -> list[dict]:
     """One row per finished round (round.json records), round 0 first."""
     rows, i = [], 0
     while (n is None or i <= n) and (rec := Path(folder) / f"round-{i}" / "eval" / "round.json").exists():
-        r = json.loads(rec.read_text())
+        r = read_record(rec.parent.parent)
         champ = read_champion(Path(folder) / f"round-{i}" / "champion.json")
         summary = Path(folder) / f"round-{i}" / "eval" / "summary.json"
         by_count = (json.loads(summary.read_text()).get("counting/heldout", {}).get("accuracy_by_count", {})

@@ -182,7 +182,25 @@ def load_run(root: Path, name: str, info: dict) -> Run:
     rec = json.loads(_read(root, f"{EVAL}/round.json", info["rev"]))
     table = pd.read_parquet(io.BytesIO(_read(root, f"{EVAL}/model_scores.parquet", info["rev"])))
     groups = pd.read_parquet(io.BytesIO(_read(root, GROUPS, info["rev"])))
-    return Run(name, info["arm"], int(info["seed"]), rec["metrics"], rec["seconds"], table, groups)
+    # the seconds are not part of the experiment's outputs (gpo/round.py keeps them out of DVC): MLflow has them
+    seconds = rec.get("seconds") or mlflow_seconds(root, info["arm"], int(info["seed"]))
+    return Run(name, info["arm"], int(info["seed"]), rec["metrics"], seconds, table, groups)
+
+
+def mlflow_seconds(root: Path, arm: str, seed: int) -> dict[str, float]:
+    """generate/score/train/evaluate seconds of the newest study run of (arm, seed) in the study's MLflow store."""
+    import mlflow
+
+    o = budget_overrides(root)
+    client = mlflow.MlflowClient(o["run.yaml:mlflow.tracking_uri"])
+    exp = client.get_experiment_by_name(o["run.yaml:mlflow.experiment"])
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"tags.arm = '{arm}' and tags.seed = '{seed}' and tags.round = '{ROUND}'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise GpoError(f"no MLflow run of the study's {arm} seed {seed}", file=o["run.yaml:mlflow.tracking_uri"],
+                       fix="run `gpo study run`: the experiment's round logs its seconds to MLflow")
+    return {k.split("/", 1)[1]: v for k, v in runs[0].data.metrics.items() if k.startswith("seconds/")}
 
 
 def queue(root: Path, arms: Iterable[str], seeds: Iterable[int], run_dvc) -> list[str]:

@@ -97,15 +97,15 @@ def model_signature(workspace: Optional[Path] = None):
 
 def step_times(rd) -> list[dict]:
     """When each of the round's steps ran: step, iteration (semi-online rounds), start, end (Unix seconds),
-    seconds. A step's timing file (round.RoundDir.seconds_file) is written as the step ends and holds its
+    seconds. A step's timing file (round.RoundDir.timing) is written as the step ends and holds its
     seconds, so its modification time is the end and end − seconds the start. Steps without a file
     (round 0, the base) are absent."""
     out = []
     for step in ("generate", "score", "train", "evaluate"):
         parts = rd.parts if step != "evaluate" else [rd]
         for j, part in enumerate(parts, start=1):
-            f = part.seconds_file(step)
-            if not f.exists():
+            f = part.timing(step)
+            if f is None:
                 continue
             end, seconds = f.stat().st_mtime, float(json.loads(f.read_text())["seconds"])
             out.append({"step": step, "iteration": j if len(parts) > 1 else None, "start": end - seconds,

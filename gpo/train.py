@@ -308,7 +308,6 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
             ema = [saved[str(i)] for i in range(len(ema))]
         start = int(done[-1].name.split("-")[1])
         log = json.loads((done[-1] / "train_log.json").read_text())
-    t0 = time.time()
     bad_in_a_row = 0
     bar = tqdm(total=total, initial=start, desc="gpo train", disable=not progress or not acc.is_main_process)
     for step in range(start, total):
@@ -354,7 +353,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
                                fix="lower train.lr or raise train.beta; check the round's images and rewards")
         row = {"step": step + 1, "epoch": epoch, "skipped_nonfinite": not grads_ok and not overflow,
                **{key: float(v) / len(batch) for key, v in zip(STAT_KEYS, sums)}, "grad_norm": grad_norm,
-               "dropped_group_share": n_dropped / (n_dropped + len(groups)), "seconds": round(time.time() - t0, 2)}
+               "dropped_group_share": n_dropped / (n_dropped + len(groups))}  # no seconds: a DVC output
         if overflow:
             row["skipped_fp16_overflow"] = True
         log.append(row)

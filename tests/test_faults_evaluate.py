@@ -12,7 +12,7 @@ from gpo import params as P
 from gpo.calibrate import evaluate_model
 from gpo.evaluate import Scorers
 from gpo.model.adapters import load_any
-from gpo.round import RoundDir, step_generate, step_score, step_train
+from gpo.round import RoundDir, read_record, step_generate, step_score, step_train
 from gpo.stages import Workspace, run_stage
 from tests.faults_workspace import kill_when, make_workspace, ok, pngs, run, snapshot, start
 from tests.test_faults_registry import NAME, registry, state
@@ -64,7 +64,7 @@ def test_kill9_mid_evaluation_and_after_registering_then_one_version_per_round(t
     ok(run(ws, *evaluate))
     versions, alias, history, runs = state(ws)
     champion = json.loads(rd.champion.read_text())
-    record = json.loads(rd.record.read_text())
+    record = read_record(rd.root)
     assert versions == [1, 2]  # one per round
     assert alias == champion["version"] and alias in (1, 2)  # promoted or not, the record and MLflow agree
     assert record["version"] == 2 and (alias == 2) == record["decision"]["promote"]

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from gpo import params as P
+from gpo.round import read_record
 from gpo.calibrate import evaluate_model
 from gpo.evaluate import Scorers
 from gpo.model.adapters import load_any
@@ -80,7 +81,7 @@ def test_kills_at_every_registration_point_then_one_version_and_a_consistent_cha
     ok(run(ws, *base))
     versions, alias, history, runs = state(ws)
     champion = json.loads(champion_json.read_text())
-    record = json.loads((ws / "data" / "rounds" / "round-0" / "eval" / "round.json").read_text())
+    record = read_record(ws / "data" / "rounds" / "round-0")
     assert versions == [1] and alias == 1 == champion["version"] == record["version"]
     assert [h["version"] for h in history] == [1]  # the alias moved once
     mv = registry(ws).get_model_version(NAME, "1")

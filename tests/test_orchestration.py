@@ -14,6 +14,7 @@ import mlflow
 import pytest
 
 from gpo import params as P
+from gpo.round import read_record
 from tests.faults_workspace import tiny_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +161,6 @@ def test_a_semi_online_round_runs_its_iterations_as_dvc_stages(workspace, flow_r
     r1 = workspace / "data" / "rounds" / "round-1"
     start = json.loads((r1 / "iter-2" / "groups" / "generate.json").read_text())["start_model"]
     assert start.endswith("round-1/iter-1/train/pipeline")
-    record = json.loads((r1 / "eval" / "round.json").read_text())
+    record = read_record(r1)
     assert record["model_out"].endswith("round-1/iter-2/train/pipeline") and record["seconds"]["train"] > 0
     assert "up to date" in sh(workspace, "dvc", "status")

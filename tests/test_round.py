@@ -13,7 +13,7 @@ from gpo.evaluate import Scorers
 from gpo.model.build import build_pipeline
 from gpo.params import EvalParams, GpoFile, GroupParams, ModelParams, PromptParams, TrainParams
 from gpo.rewards.arith import Score
-from gpo.round import rounds_markdown, run_rounds
+from gpo.round import read_record, rounds_markdown, run_rounds
 from gpo.world.dataset import build_prompts
 
 TINY = ModelParams(arch="sd3", text_width=32, text_layers=1, dit_width=32, dit_layers=1, attention_head_dim=8)
@@ -43,7 +43,7 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     assert {"prompt", "seed", "raw", "reward", "group_mean", "group_std", "advantage", "dropped"} <= set(groups)
     assert all((r1 / "groups" / p).exists() for p in groups["path"])
     assert (r1 / "train" / "pipeline" / "model_index.json").exists()
-    record = json.loads((r1 / "eval" / "round.json").read_text())
+    record = read_record(r1)
     assert set(record["seconds"]) == {"generate", "score", "train", "evaluate"}
     assert set(record["decision"]) == {"promote", "gain", "threshold", "reason", "flagged", "second_gain", "unmatched"}
     # round 2 starts from the best model so far
@@ -55,6 +55,38 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
     # a re-run with everything done reads the records back instead of recomputing
     again = run_rounds(base, 2, tmp_path / "rounds", prompts, cfg, e, s, progress=False)
     assert [r["headline"] for r in again] == [r["headline"] for r in rows]
+
+
+def test_a_rerun_with_the_same_results_writes_the_same_dvc_outputs(tmp_path):
+    """dvc.lock hashes every output: seconds, MLflow run ids and versions live beside them (timings/,
+    run.json), so running the same round again leaves every output byte-identical and dvc.lock unchanged."""
+    base = tmp_path / "base"
+    build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
+    prompts = build_prompts(PromptParams())
+    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=2, steps=2, batch_size=16),
+                  train=TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
+    e = EvalParams(counting_seeds=1, text_seeds=1, heldout_word_seeds=1, steps=2, batch_size=64, gt_images=10)
+    s = Scorers(Brightness(), Brightness())
+
+    def outputs(folder):
+        return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
+                and "timings" not in f.parts and f.name != "run.json" and f != folder / "rounds.json"}
+
+    run_rounds(base, 1, tmp_path / "a", prompts, cfg, e, s, progress=False)
+    first = outputs(tmp_path / "a")
+    assert {"round-1/iter-2/groups/generate.json", "round-1/iter-1/train/train_log.json", "round-1/eval/round.json",
+            "round-1/eval/summary.json", "round-1/champion.json", "round-0/champion.json"} <= set(first)
+    assert all(b"seconds" not in first[k] for k in first if k.endswith(".json"))
+    assert "seconds" in read_record(tmp_path / "a" / "round-1")  # still there for the table and MLflow
+    timings = tmp_path / "a" / "round-1" / "iter-1" / "timings"
+    assert json.loads((timings / "train.json").read_text())["seconds"] > 0
+    import shutil
+
+    shutil.rmtree(tmp_path / "a")
+    run_rounds(base, 1, tmp_path / "a", prompts, cfg, e, s, progress=False)
+    second = outputs(tmp_path / "a")
+    assert second.keys() == first.keys()
+    assert [k for k in first if first[k] != second[k]] == []
 
 
 def test_a_corrupt_image_is_named_then_regenerated_identically(tmp_path):

@@ -15,7 +15,7 @@ from gpo.evaluate import Scorers
 from gpo.model.build import build_pipeline
 from gpo.params import EvalParams, EvalFile, GpoFile, GroupParams, MlflowParams, ModelParams, PromptParams, TrainParams
 from gpo.rewards.arith import Score
-from gpo.round import RoundDir, read_champion, run_rounds, step_evaluate
+from gpo.round import RoundDir, read_champion, read_record, run_rounds, step_evaluate
 from gpo.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, Tracker, flat_params, step_times
 from gpo.world.dataset import build_prompts
 
@@ -98,11 +98,11 @@ def test_a_rounds_run_spans_its_steps(tracked):
     steps = step_times(rd)
     assert [t["step"] for t in steps] == ["generate", "score", "train", "evaluate"]
     assert all(a["end"] <= b["start"] + 0.05 for a, b in zip(steps, steps[1:]))  # one after the other
-    run = tracker.client.get_run(json.loads(rd.record.read_text())["mlflow_run"][1]).info
+    run = tracker.client.get_run(read_record(rd.root)["mlflow_run"][1]).info
     assert run.status == "FINISHED"
     assert abs(run.start_time / 1000 - steps[0]["start"]) < 0.01
     assert run.end_time / 1000 >= steps[-1]["end"]
-    seconds = json.loads(rd.record.read_text())["seconds"]
+    seconds = read_record(rd.root)["seconds"]
     assert (run.end_time - run.start_time) / 1000 >= sum(seconds.values()) - 0.05
     timeline = mlflow.artifacts.load_dict(f"runs:/{run.run_id}/timeline.json")
     assert [t["step"] for t in timeline] == ["generate", "score", "train", "evaluate"]
@@ -113,7 +113,7 @@ def test_every_version_carries_its_promotion_decision(tracked):
     root, tracker, rows, _ = tracked
     for r in rows:
         mv = tracker.client.get_model_version("test-model", str(r["version"]))
-        record = json.loads((root / "rounds" / f"round-{r['round']}" / "eval" / "round.json").read_text())
+        record = read_record(root / "rounds" / f"round-{r['round']}")
         promoted = r["round"] == 0 or record["decision"]["promote"]
         assert mv.tags["promoted"] == str(promoted) and mv.tags["round"] == str(r["round"])
         assert mv.tags["headline"] == f"{record['headline']:.4f}"
