@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[100, 300, 600])
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps (fresh AdamW moments)")
+    ap.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the weights (started at the base)")
     ap.add_argument("--task", choices=["counting", "text"], default=None, help="ground truth of one task only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--counting-seeds", type=int, default=8)
@@ -59,6 +61,7 @@ def main() -> None:
     params = [q for m in _trainable(pipe).values() for q in m.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=pre.weight_decay)
     gen = torch.Generator().manual_seed(1234)
+    ema = [q.detach().clone() for q in params] if a.ema else None
     base_t = pd.read_parquet("data/calibration/base_scores.parquet")
     off = e.seed_offset
     keep = ((base_t.task == "counting") & (base_t.seed < off + a.counting_seeds)) | (
@@ -69,32 +72,44 @@ def main() -> None:
         pipe.denoiser.train()
         pipe.text_encoder.train()
         t0 = time.time()
-        for _ in range(done, target):
+        for step in range(done, target):
             texts, x0 = sampler.batch(a.batch_size)
             drop = torch.rand(len(texts), generator=gen) < pre.cfg_dropout
             texts = ["" if d else t for t, d in zip(texts, drop.tolist())]
             loss = denoising_loss(pipe, texts, x0, gen, pre.flow_density)
+            for group in opt.param_groups:
+                group["lr"] = a.lr * min(1.0, (step + 1) / max(1, a.warmup))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [q.detach() for q in params], 1 - a.ema)
         train_s += time.time() - t0
         done = target
         pipe.denoiser.eval()
         pipe.text_encoder.eval()
         folder = a.out / a.name / f"step-{target}"
+        if ema is not None:  # evaluate the EMA, keep training the raw iterate
+            raw = [q.detach().clone() for q in params]
+            with torch.no_grad():
+                torch._foreach_copy_([q.data for q in params], ema)
         evaluate_model(pipe, prompts, scorers, e, folder, "final", progress=False)
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_copy_([q.data for q in params], raw)
         final = quick_metrics(pd.read_parquet(folder / "final_scores.parquet"))
-        row = {"name": f"{a.name}@{target}", "lr": a.lr, "task": a.task or "both", "steps": target,
+        row = {"name": f"{a.name}@{target}", "lr": a.lr, "warmup": a.warmup, "ema": a.ema, "task": a.task or "both", "steps": target,
                "images_seen": target * a.batch_size, "train_seconds": round(train_s), "base": base, "final": final}
         print(f"step {target}: loss {loss.item():.4f} {final}", flush=True)
-        header = ["| run | lr | ground truth of | steps (images) | train s | counting acc base → final | "
+        header = ["| run | lr (warm-up, EMA) | ground truth of | steps (images) | train s | counting acc base → final | "
                   "OCR reward base → final | OCR exact base → final | counting by count (final) |",
                   "|---|---|---|---|---|---|---|---|---|"]
 
         def render(r: dict) -> str:
             b, f = r["base"], r["final"]
-            return (f"| {r['name']} | {r['lr']:g} | {r['task']} | {r['steps']} ({r['images_seen']}) | "
+            return (f"| {r['name']} | {r['lr']:g} ({r.get('warmup', 0)}, {r.get('ema', 0)}) | {r['task']} | {r['steps']} ({r['images_seen']}) | "
                     f"{r['train_seconds']} | {b['counting_acc']:.3f} → {f['counting_acc']:.3f} | "
                     f"{b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | {b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | "
                     f"{f['counting_by_count']} |")

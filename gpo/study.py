@@ -269,6 +269,15 @@ def _pooled(runs: list[Run], other: dict[int, Run] | pd.DataFrame, task: str, co
     return mean_interval(diffs).as_dict() if diffs else None
 
 
+def agreement(table: pd.DataFrame, task: str) -> float | None:
+    """Share of a task's held-out images where the reward model and the second opinion agree on right/wrong."""
+    t = table[(table.task == task) & (table.split == "heldout")]
+    if "second_correct" not in t or t.second_correct.isna().all():
+        return None
+    t = t[t.second_correct.notna()]
+    return float((t.correct.astype(bool) == t.second_correct.astype(bool)).mean())
+
+
 def render(runs: list[Run], base: dict, base_table: pd.DataFrame, command: str) -> tuple[str, dict]:
     """The study's markdown and its JSON (every number of the table)."""
     rows = arm_rows(runs, base)
@@ -301,7 +310,18 @@ def render(runs: list[Run], base: dict, base_table: pd.DataFrame, command: str) 
             f"{'' if vs_gpo is None else _fmt(vs_gpo['ocr_reward'])} | {tie_txt} | {row['gpo_minutes']:.1f} |")
         out["arms"].append({**row, "paired_vs_base_counting": vs_base, "paired_vs_gpo": vs_gpo, "near_tie_share": ties})
     out["runs"] = [{"name": r.name, "arm": r.arm, "seed": r.seed, "gpo_minutes": r.gpo_minutes,
-                    **{k: r.metrics[k] for k in HEADLINES}} for r in runs]
+                    **{k: r.metrics[k] for k in HEADLINES},
+                    **{f"second_{k}": r.metrics.get(f"second_{k}") for k in HEADLINES}} for r in runs]
+    # the second opinion against the reward models, on the base's images and on every final model's
+    agree = {"base": {t: agreement(base_table, t) for t in ("counting", "text")}}
+    for arm in [a for a in ARMS if by_arm[a]]:
+        vals = {t: [x for x in (agreement(r.table, t) for r in by_arm[arm]) if x is not None] for t in ("counting", "text")}
+        agree[arm] = {t: sum(v) / len(v) if v else None for t, v in vals.items()}
+    out["second_opinion_agreement"] = agree
+    f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+    lines += ["", "Agreement of the second opinion (classical counting, template reading) with YOLO / EasyOCR on "
+              "right-or-wrong, held-out images:", "", "| images of | counting | text |", "|---|---|---|"]
+    lines += [f"| {k} | {f(v['counting'])} | {f(v['text'])} |" for k, v in agree.items()]
     return "\n".join(lines) + "\n", out
 
 

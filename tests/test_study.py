@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpo.loss import ARMS
-from gpo.study import (Run, arm_rows, budget_overrides, exp_name, near_tie_share, paired_delta, plot_spec, render,
+from gpo.study import (Run, agreement, arm_rows, budget_overrides, exp_name, near_tie_share, paired_delta, plot_spec, render,
                        require_complete, study_experiments, study_overrides)
 from gpo.errors import GpoError
 
@@ -115,3 +115,10 @@ def test_overrides_give_every_arm_the_same_budget(tmp_path):
     sets = {arm: study_overrides(arm, 2) for arm in ARMS}
     assert all(set(s) == {"gpo.yaml:train.arm", "gpo.yaml:train.seed", "gpo.yaml:groups.seed"} for s in sets.values())
     assert {s["gpo.yaml:groups.seed"] for s in sets.values()} == {2}  # same groups for every arm of a seed
+
+
+def test_agreement_of_the_second_opinion():
+    t = _table([True, True, False, False], [1, 1, 0, 0])
+    assert agreement(t, "counting") is None  # no second opinion in the table
+    t["second_correct"] = [True, False, False, None]  # 2 of the 3 judged images agree
+    assert agreement(t, "counting") == pytest.approx(2 / 3)
