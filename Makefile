@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: install run test serve mlflow-ui rebuild-release plots exp status
+.PHONY: install run test serve mlflow-ui rebuild-release plots exp status study
 
 install:
 	@scripts/install.sh
@@ -26,6 +26,11 @@ plots: install
 
 exp: install
 	gpo exp
+
+# The loss-arm study (gpo, dpo, dpo-random, group-unweighted, dgpo × seeds 0 1 2): one DVC experiment each
+# (dvc exp run --queue), MLflow experiment gpo-study; writes docs/study.md and docs/study.png. Resumes.
+study: install
+	gpo study run
 
 # dvc status of the main pipeline only: release/dvc.yaml (rebuilding the shipped weights) always shows
 # as changed in a workspace that never rebuilt them (data/pretrain, data/detector absent), which is expected.

@@ -382,7 +382,12 @@ def write_report(root: Path, run_dvc, arms: Iterable[str] = ARMS, seeds: Iterabl
 
 def run_study(root: Path, run_dvc, arms: Iterable[str] = ARMS, seeds: Iterable[int] = SEEDS, jobs: int = 1,
               echo=print) -> Path:
-    """Queue what is missing, run the queue, write the report."""
+    """Bring the calibration up to date in the workspace (each experiment then checks it out of DVC's cache
+    instead of recomputing it), queue what is missing, run the queue, write the report."""
+    if any(exp_name(a, s) not in study_experiments(json.loads(run_dvc(root, "exp", "show", "--json", "--all-commits")
+                                                                  or "[]")) for s in seeds for a in arms):
+        echo("dvc repro base (the calibration every experiment starts from) ...")
+        run_dvc(root, "repro", "base")
     queued = queue(root, arms, seeds, run_dvc)
     echo(f"queued {len(queued)} experiment(s): {' '.join(queued) or '(all done before)'}")
     if queued:

@@ -27,14 +27,20 @@ class Brightness:
         return [Score(v, v > 0.5, f"{v:.3f}") for v in vals]
 
 
-def test_two_rounds_chain_from_the_champion(tmp_path):
+def tiny_round(tmp_path, iterations: int):
+    """A random tiny base, the prompt table, params for a 4-group round and brightness scorers."""
     base = tmp_path / "base"
     build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
     prompts = build_prompts(PromptParams())
-    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=1, steps=2, batch_size=16),
+    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=iterations, steps=2, batch_size=16),
                   train=TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
     e = EvalParams(counting_seeds=1, text_seeds=1, heldout_word_seeds=1, steps=2, batch_size=64, gt_images=10)
     s = Scorers(Brightness(), Brightness())
+    return base, prompts, cfg, e, s
+
+
+def test_two_rounds_chain_from_the_champion(tmp_path):
+    base, prompts, cfg, e, s = tiny_round(tmp_path, iterations=1)
     rows = run_rounds(base, 2, tmp_path / "rounds", prompts, cfg, e, s, progress=False)
     assert [r["round"] for r in rows] == [0, 1, 2]
     r1 = tmp_path / "rounds" / "round-1"
@@ -60,13 +66,7 @@ def test_two_rounds_chain_from_the_champion(tmp_path):
 def test_a_rerun_with_the_same_results_writes_the_same_dvc_outputs(tmp_path):
     """dvc.lock hashes every output: seconds, MLflow run ids and versions live beside them (timings/,
     run.json), so running the same round again leaves every output byte-identical and dvc.lock unchanged."""
-    base = tmp_path / "base"
-    build_pipeline(TINY, seed=0).save_pretrained(base, safe_serialization=True)
-    prompts = build_prompts(PromptParams())
-    cfg = GpoFile(groups=GroupParams(group_size=4, prompts_per_round=4, iterations=2, steps=2, batch_size=16),
-                  train=TrainParams(epochs=1, groups_per_step=2, draws=1, lr=1e-3, beta=10.0, threads=1))
-    e = EvalParams(counting_seeds=1, text_seeds=1, heldout_word_seeds=1, steps=2, batch_size=64, gt_images=10)
-    s = Scorers(Brightness(), Brightness())
+    base, prompts, cfg, e, s = tiny_round(tmp_path, iterations=2)
 
     def outputs(folder):
         return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()
