@@ -455,7 +455,7 @@ def study_cmd(action: str = typer.Argument("run", help="run (queue what is missi
               arms: list[str] = typer.Option(None, "--arm", help="loss arm (repeat; default: all five)"),
               seeds: list[int] = typer.Option(None, "--seed", help="study seed (repeat; default: 0 1 2)"),
               jobs: int = typer.Option(1, help="experiments run in parallel by the DVC queue")):
-    """Compare the loss arms (gpo, dpo, ...) at equal budget as DVC experiments.
+    """Compare the loss arms at equal budget.
 
     Every (arm, seed) is a `dvc exp run --queue` experiment of the main pipeline (one round of one
     iteration); the report is docs/study.md, docs/study.png and benchmarks/results/study.json."""

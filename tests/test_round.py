@@ -130,7 +130,7 @@ def test_a_semi_online_round_chains_its_iterations_and_resumes(tmp_path):
     imp = improve(1, base, tmp_path / "a" / "round-1", prompts, cfg, s, progress=False)
     rd = RoundDir(tmp_path / "a" / "round-1", 2)
     assert imp.model == rd.iteration(2).model and (imp.model / "model_index.json").exists()
-    starts = [json.loads(p.seconds_file("generate").read_text())["start_model"] for p in rd.parts]
+    starts = [json.loads(p.step_file("generate").read_text())["start_model"] for p in rd.parts]
     assert starts[0] == str(base) and starts[1].endswith("round-1/iter-1/train/pipeline")
     second = pd.read_parquet(rd.iteration(2).rewards)
     want = pick_prompts(prompts, 2, batch_index(1, 2, 2), cfg.groups.seed)
