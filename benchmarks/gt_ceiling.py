@@ -43,6 +43,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=0, help="linear lr warm-up steps (fresh AdamW moments)")
     ap.add_argument("--ema", type=float, default=0.0, help="evaluate an EMA of the weights (started at the base)")
     ap.add_argument("--task", choices=["counting", "text"], default=None, help="ground truth of one task only")
+    ap.add_argument("--gt-split", choices=["train", "heldout"], default="train",
+                    help="heldout: ground truth of the held-out prompts themselves (can the model learn them at "
+                         "all? a capacity probe, not a generalization result)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--counting-seeds", type=int, default=8)
     ap.add_argument("--text-seeds", type=int, default=2)
@@ -58,6 +61,10 @@ def main() -> None:
     pipe = load_pipeline(_load(Path("params"), "models.yaml").base)
     share = {"counting": 0.0, "text": 1.0}.get(a.task, pre.text_share)
     sampler = GroundTruthSampler(build_prompts(world.prompts), world.render, share, seed=1234)
+    if a.gt_split == "heldout":
+        held = [p for p in build_prompts(world.prompts) if p.split == "heldout"]
+        sampler.counting = [p for p in held if p.task == "counting"]
+        sampler.text = [p for p in held if p.task == "text"]
     params = [q for m in _trainable(pipe).values() for q in m.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=pre.weight_decay)
     gen = torch.Generator().manual_seed(1234)
@@ -100,7 +107,7 @@ def main() -> None:
             with torch.no_grad():
                 torch._foreach_copy_([q.data for q in params], raw)
         final = quick_metrics(pd.read_parquet(folder / "final_scores.parquet"))
-        row = {"name": f"{a.name}@{target}", "lr": a.lr, "warmup": a.warmup, "ema": a.ema, "task": a.task or "both", "steps": target,
+        row = {"name": f"{a.name}@{target}", "lr": a.lr, "warmup": a.warmup, "ema": a.ema, "task": (a.task or "both") + ("" if a.gt_split == "train" else ", held-out prompts"), "steps": target,
                "images_seen": target * a.batch_size, "train_seconds": round(train_s), "base": base, "final": final}
         print(f"step {target}: loss {loss.item():.4f} {final}", flush=True)
         header = ["| run | lr (warm-up, EMA) | ground truth of | steps (images) | train s | counting acc base → final | "
