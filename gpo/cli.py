@@ -476,7 +476,9 @@ def study_cmd(action: str = typer.Argument("run", help="run (queue what is missi
 
 
 @app.command("plots")
-def plots_cmd(out: Path = typer.Option(Path("dvc_plots"), help="folder to write (git-ignored)")):
+def plots_cmd(revs: list[str] = typer.Argument(None, help="commits or experiment names to overlay (`dvc plots diff`; "
+                                                        "default: the workspace)"),
+              out: Path = typer.Option(Path("dvc_plots"), help="folder to write (git-ignored)")):
     """Render the DVC plots for offline viewing.
 
     `dvc plots show` writes a page that loads vega from a CDN, blank offline. This renders the same
@@ -484,7 +486,7 @@ def plots_cmd(out: Path = typer.Option(Path("dvc_plots"), help="folder to write 
     scripts), OUT/<plot>.svg, and OUT/<plot>.html is one interactive page with vega bundled."""
     from gpo.dvc_views import render_plots
 
-    for stem in render_plots(workspace(), _resolve(out)):
+    for stem in render_plots(workspace(), _resolve(out), list(revs or [])):
         typer.echo(f"wrote {out}/{stem}.svg and {stem}.html")
     typer.echo(f"wrote {out}/index.html (open it in a browser; nothing is loaded from the network)")
 

@@ -43,13 +43,15 @@ def exp_show_args(all_columns: bool = False) -> list[str]:
     return [*base, "--only-changed", "--drop", EXP_DROP, "--keep", EXP_HEADLINE]
 
 
-def render_plots(root: Path, folder: Path) -> list[str]:
+def render_plots(root: Path, folder: Path, revs: list[str] | None = None) -> list[str]:
     """Render the workspace's DVC plots (Vega-Lite specs of dvc.yaml `plots:`) with vl-convert into
     `folder`: <plot>.svg, <plot>.html (interactive, vega bundled) and index.html (inline SVG, no scripts).
     Returns the stems written; no plot with data is one GpoError."""
     import vl_convert as vlc
 
-    data = json.loads(run_dvc(root, "plots", "show", "--json")).get("data", {})
+    # revs (commits or experiment names): `dvc plots diff` overlays their curves, one colour each
+    args = ["plots", "diff", *revs] if revs else ["plots", "show"]
+    data = json.loads(run_dvc(root, *args, "--json")).get("data", {})
     sections, missing, stems = [], [], []
     for source, plots in data.items():
         specs = [p["content"] for p in plots if p.get("type") == "vega" and p.get("content")]

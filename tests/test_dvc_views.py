@@ -73,7 +73,7 @@ def _dvc_repo(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = _dvc_repo(tmp_path_factory.mktemp("dvc-views"))
-    out = _run(repo, str(BIN / "dvc"), "exp", "run", "-q", "-S", "params/gpo.yaml:train.beta=2000")
+    out = _run(repo, str(BIN / "dvc"), "exp", "run", "-q", "-n", "beta-2000", "-S", "params/gpo.yaml:train.beta=2000")
     assert out.returncode == 0, out.stderr
     return repo
 
@@ -94,6 +94,15 @@ def test_gpo_plots_renders_offline_svg_and_self_contained_html(repo):
     dvc_page = _run(repo, str(BIN / "dvc"), "plots", "show", "-o", str(repo / "dvc_default"))
     assert dvc_page.returncode == 0
     assert "https://cdn.jsdelivr.net" in (repo / "dvc_default" / "index.html").read_text()
+
+
+def test_gpo_plots_overlays_experiments(repo):
+    """`gpo plots EXP REV`: `dvc plots diff` rendered offline. The curves are cached outputs, so an
+    experiment's commit carries them (a git-ignored `cache: false` file would be missing from it)."""
+    out = _gpo(repo, "plots", "beta-2000", "HEAD", "--out", "dvc_plots_diff")
+    assert out.returncode == 0, out.stderr
+    svg = (repo / "dvc_plots_diff" / "rounds_curve.svg").read_text()
+    assert "beta-2000" in svg and "HEAD" in svg  # one legend entry per revision
 
 
 def test_gpo_plots_without_data_is_one_clear_error(tmp_path):
