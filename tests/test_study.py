@@ -2,6 +2,7 @@
 real tools run by `gpo study run` (the tracking tags it filters by are tested in test_tracking.py)."""
 
 import math
+import subprocess
 
 import pandas as pd
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from gpo.loss import ARMS
 from gpo.study import (Run, agreement, arm_rows, budget_overrides, exp_name, near_tie_share, paired_delta, plot_spec, render,
-                       require_complete, study_experiments, study_overrides)
+                       require_complete, experiments_from_refs, study_overrides)
 from gpo.errors import GpoError
 
 # one group: rewards 0.50, 0.52, 0.90; pairs with r_i > r_j: (0.52>0.50: gap .02, a near tie),
@@ -95,14 +96,19 @@ def test_render_table_and_plot_from_runs():
     assert {v["minutes"] for v in spec["data"]["values"]} == {0.0, 4.0}
 
 
-def test_experiments_found_in_exp_show_json():
-    exp_show = [{"rev": "workspace", "name": None, "data": {"rev": "workspace", "params": {}}, "experiments": None},
-                {"rev": "abc", "name": "main", "data": {"rev": "abc"}, "experiments": [
-                    {"revs": [{"rev": "e1", "name": "study-dpo-s1", "data": {"rev": "e1", "params": {
-                        "params/gpo.yaml": {"data": {"train": {"arm": "dpo", "seed": 1}}}}}}]},
-                    {"revs": [{"rev": "e2", "name": "other-exp", "data": {"rev": "e2", "params": {}}}]}]}]
-    found = study_experiments(exp_show)
-    assert found == {"study-dpo-s1": {"rev": "e1", "arm": "dpo", "seed": 1, "error": None}}
+def test_finished_experiments_found_in_their_git_refs(tmp_path):
+    """DVC keeps every finished experiment as refs/exps/…/NAME; its params are in the commit."""
+    run = lambda *a: subprocess.run(a, cwd=tmp_path, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    run("git", "init", "-q")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "gpo.yaml").write_text("train:\n  arm: dpo\n  seed: 1\n")
+    run("git", "add", "-A")
+    run("git", "-c", "user.email=t@e.org", "-c", "user.name=t", "commit", "-qm", "exp")
+    rev = run("git", "rev-parse", "HEAD").strip()
+    run("git", "update-ref", "refs/exps/ab/cdef0123/study-dpo-s1", rev)
+    run("git", "update-ref", "refs/exps/ab/cdef0123/other-exp", rev)
+    found = experiments_from_refs(tmp_path)
+    assert found == {"study-dpo-s1": {"rev": rev, "arm": "dpo", "seed": 1, "error": None}}
     with pytest.raises(GpoError, match="study-gpo-s1"):
         require_complete(found, ["gpo", "dpo"], [1])
     require_complete(found, ["dpo"], [1])
