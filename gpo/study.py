@@ -406,7 +406,7 @@ def write_report(root: Path, run_dvc, arms: Iterable[str] = ARMS, seeds: Iterabl
           f"(`dvc exp show` lists them as `{PREFIX}-ARM-sSEED`) and an MLflow run of the experiment `gpo-study` "
           "tagged `arm` and `seed`. Budget per run: one round of one iteration of the default params (the arms of "
           "a seed train on the same groups), the full held-out evaluation on the same prompts and seeds. "
-          "Paired differences are per image, pooled over the seeds. What it means: docs/gpo.md, \"The loss arms\".\n\n"
+          "Paired differences are per image, pooled over the seeds. What it means: [docs/gpo.md, the loss arms](gpo.md#the-loss-arms-issue-14-gpo-against-diffusion-dpo-and-its-group-variants-at-equal-budget).\n\n"
           + table + "\n![held-out metrics against GPO minutes, every run a line from the base](study.png)\n")
     atomic_write_text(docs / "study.md", md)
     return docs / "study.md"
