@@ -98,16 +98,21 @@ def groups_tensor(rewards: pd.DataFrame, task: str | None = None) -> torch.Tenso
     return torch.from_numpy(np.stack(rows).astype("float64")) if rows else torch.zeros(0, 0, dtype=torch.float64)
 
 
+def image_diffs(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str) -> list[float]:
+    """Per-image differences a − b of `column` on the (prompt, seed) images both hold, one task's held-out split."""
+    pick = lambda t: t[(t.task == task) & (t.split == "heldout")].set_index(["prompt", "seed"])[column].astype(float)  # noqa: E731
+    x, y = pick(a), pick(b)
+    both = x.index.intersection(y.index)
+    return (x.loc[both] - y.loc[both]).tolist()
+
+
 def paired_delta(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str) -> dict:
     """Mean per-image difference a − b on the same (prompt, seed) images of one task's held-out split, with
     its 95% interval: tighter than two separate intervals when the models are close."""
-    key = ["prompt", "seed"]
-    pick = lambda t: t[(t.task == task) & (t.split == "heldout")].set_index(key)[column].astype(float)  # noqa: E731
-    x, y = pick(a), pick(b)
-    both = x.index.intersection(y.index)
-    if len(both) == 0:
+    diffs = image_diffs(a, b, task, column)
+    if not diffs:
         raise ValueError(f"no {task} images in common")
-    return mean_interval((x.loc[both] - y.loc[both]).to_numpy()).as_dict()
+    return mean_interval(diffs).as_dict()
 
 
 @dataclass
@@ -274,14 +279,8 @@ def _fmt(x: dict | None) -> str:
 def _pooled(runs: list[Run], other: dict[int, Run] | pd.DataFrame, task: str, column: str) -> dict | None:
     """Paired per-image differences pooled over seeds: each run against `other` (the same seed's run of
     another arm, or one table shared by every seed, e.g. the base)."""
-    diffs = []
-    for r in runs:
-        o = other if isinstance(other, pd.DataFrame) else other[r.seed].table
-        key = ["prompt", "seed"]
-        pick = lambda t: t[(t.task == task) & (t.split == "heldout")].set_index(key)[column].astype(float)  # noqa: E731
-        x, y = pick(r.table), pick(o)
-        both = x.index.intersection(y.index)
-        diffs.extend((x.loc[both] - y.loc[both]).tolist())
+    diffs = [d for r in runs for d in image_diffs(
+        r.table, other if isinstance(other, pd.DataFrame) else other[r.seed].table, task, column)]
     return mean_interval(diffs).as_dict() if diffs else None
 
 
@@ -416,7 +415,8 @@ def run_study(root: Path, run_dvc, arms: Iterable[str] = ARMS, seeds: Iterable[i
               echo=print) -> Path:
     """Bring the calibration up to date in the workspace (each experiment then checks it out of DVC's cache
     instead of recomputing it), queue what is missing, run the queue, write the report."""
-    if any(exp_name(a, s) not in experiments_from_refs(root) for s in seeds for a in arms):
+    done = experiments_from_refs(root)
+    if any(exp_name(a, s) not in done for s in seeds for a in arms):
         echo("dvc repro base (the calibration every experiment starts from) ...")
         run_dvc(root, "repro", "base")
     queued = queue(root, arms, seeds, run_dvc)
