@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--freeze-text-encoder", action="store_true", help="train the denoiser only (as GPO does)")
     ap.add_argument("--cfg-dropout", type=float, default=None, help="share of prompts dropped to '' (default: pretraining's)")
     ap.add_argument("--eval-guidance", type=float, nargs="+", default=None, help="guidance scales to evaluate at (default: eval.yaml's)")
+    ap.add_argument("--save", action="store_true", help="save each evaluated model (the EMA when on) as a pipeline "
+                    "in OUT/NAME/step-N/pipeline, for benchmarks/guidance_probe.py")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--counting-seeds", type=int, default=8)
     ap.add_argument("--text-seeds", type=int, default=2)
@@ -145,6 +147,8 @@ def main() -> None:
             with torch.no_grad():
                 torch._foreach_copy_([q.data for q in params], ema)
         loss1 = probe_loss(pipe, probe)
+        if a.save and target:
+            pipe.save_pretrained(a.out / a.name / f"step-{target}" / "pipeline")
         rows = []
         for g in scales:
             folder = a.out / a.name / (f"step-{target}" + ("" if g == e.guidance_scale else f"-cfg{g:g}"))
