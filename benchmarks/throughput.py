@@ -6,8 +6,10 @@ every arm alike), the shipped base:
 - the FLOPs of one denoiser call, counted by torch.utils.flop_counter (per image, CFG's two halves included);
 - sampler arms STEPS:SOLVER:PRECISION[:BATCH] (one batch of images per repetition): images/s, achieved
   GFLOP/s and its share of the floor of its precision;
-- training arms fp32 / bf16 (accelerate's autocast, float32 master weights): one GPO group step (G
-  members, K draws, forward + backward of policy and reference) per repetition: group-steps/s.
+- training arms fp32 / bf16 (accelerate's autocast, float32 master weights) / bf16-attn32 (the same, but
+  attention computed in float32 wherever a backward follows: the CPU's bf16 flash-attention backward is
+  the slow part of a bf16 step): one GPO group step (G members, K draws, forward + backward of policy
+  and reference) per repetition: group-steps/s.
 Quality of the sampler arms is measured separately, on held-out prompts and the same seeds:
 benchmarks/sampler_sweep.py (benchmarks/results/sampler_solvers.md).
 
@@ -67,9 +69,26 @@ def sample_once(pipe, arm: str, guidance: float, default_batch: int, rep: int) -
     return b / (time.perf_counter() - t0)
 
 
+class Fp32AttentionForBackward:
+    """diffusers attention processor: float32 attention (autocast off) when gradients are on, bf16 otherwise."""
+
+    def __init__(self):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kw):
+        if not torch.is_grad_enabled():
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            ehs = None if encoder_hidden_states is None else encoder_hidden_states.float()
+            return self.inner(attn, hidden_states.float(), ehs, attention_mask, temb, *args, **kw)
+
+
 def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
     """One group step as train_gpo takes it, under the Accelerator of train.mixed_precision (no or bf16)."""
-    acc = make_accelerator(p.model_copy(update={"mixed_precision": "bf16" if precision == "bf16" else "no"}))
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    pipe.denoiser.set_attn_processor(Fp32AttentionForBackward() if precision == "bf16-attn32" else AttnProcessor2_0())
+    acc = make_accelerator(p.model_copy(update={"mixed_precision": "no" if precision == "fp32" else "bf16"}))
     pipe.denoiser.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     group_step(pipe, pipe.denoiser, ref, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
@@ -79,7 +98,7 @@ def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS, help="STEPS:SOLVER:PRECISION[:BATCH]")
-    ap.add_argument("--train", nargs="*", default=["fp32", "bf16"], help="training precisions")
+    ap.add_argument("--train", nargs="*", default=["fp32", "bf16", "bf16-attn32"], help="training precisions")
     ap.add_argument("--threads", type=int, nargs="*", default=[2])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--guidance", type=float, default=None, help="default: params/eval.yaml")
@@ -112,7 +131,7 @@ def main() -> None:
         fl = {k: statistics.median(v) for k, v in floor.items()}
         for (kind, arm), v in speed.items():
             med = statistics.median(v)
-            precision = arm.split(":")[2] if kind == "sample" else arm
+            precision = arm.split(":")[2] if kind == "sample" else ("fp32" if arm == "fp32" else "bf16")
             steps = int(arm.split(":")[0]) if kind == "sample" else None
             achieved = med * steps * flops / 1e9 if kind == "sample" else None
             row = {"name": f"{threads}/{kind}/{arm}", "threads": threads, "kind": kind, "arm": arm,
