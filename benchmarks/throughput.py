@@ -149,7 +149,7 @@ def render(r: dict) -> str:
     share = "–" if r["share_of_floor"] is None else f"{r['share_of_floor']:.1%}"
     label = r["arm"] if r["kind"] == "sample" else f"{r['arm']} (G={r['group_size']}, K={r['draws']})"
     return (f"| {r['threads']} | {r['kind']} | {label} | {r['median']:.2f} {r['unit']} | [{r['min']:.2f}, {r['max']:.2f}] | "
-            f"{ach} | {r['floor_gflops']:.0f} ({'bf16' if r['arm'].endswith('bf16') or ':bf16' in r['arm'] else 'fp32'}) | {share} |")
+            f"{ach} | {r['floor_gflops']:.0f} ({'bf16' if 'bf16' in r['arm'] else 'fp32'}) | {share} |")
 
 
 if __name__ == "__main__":
