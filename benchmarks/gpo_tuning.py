@@ -40,6 +40,26 @@ def override(cfg: GpoFile, items: list[str]) -> GpoFile:
     return GpoFile.model_validate(data)
 
 
+def add_quick_args(ap: argparse.ArgumentParser) -> None:
+    """The quick held-out evaluation's size: seeds per counting and per text prompt."""
+    ap.add_argument("--counting-seeds", type=int, default=8)
+    ap.add_argument("--text-seeds", type=int, default=2)
+
+
+def quick_eval(a: argparse.Namespace):
+    """params/eval.yaml's evaluation on the quick seeds only (one seed a held-out word)."""
+    return _load(Path("params"), "eval.yaml").eval.model_copy(
+        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
+
+
+def quick_base(a: argparse.Namespace, seed_offset: int) -> pd.DataFrame:
+    """The shipped base's calibration table restricted to the quick seeds (the same images as a quick evaluation)."""
+    t = pd.read_parquet("data/calibration/base_scores.parquet")
+    keep = ((t.task == "counting") & (t.seed < seed_offset + a.counting_seeds)) | (
+        (t.task == "text") & (t.seed < seed_offset + a.text_seeds))
+    return t[keep]
+
+
 def quick_metrics(table: pd.DataFrame) -> dict[str, float]:
     c = table[(table.task == "counting") & (table.split == "heldout")]
     t = table[(table.task == "text") & (table.split == "heldout")]
@@ -64,15 +84,13 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("overrides", nargs="*", help="section.field=value on params/gpo.yaml")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--counting-seeds", type=int, default=8)
-    ap.add_argument("--text-seeds", type=int, default=2)
+    add_quick_args(ap)
     ap.add_argument("--out", type=Path, default=Path("data/tuning"))
     ap.add_argument("--task", choices=["counting", "text"], default=None,
                     help="train on one task's prompts only (diagnostic: do the tasks interfere?)")
     a = ap.parse_intermixed_args()
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
-    e = _load(Path("params"), "eval.yaml").eval.model_copy(
-        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
+    e = quick_eval(a)
     prompts = read_prompts(Path("data/prompts.jsonl"))
     train_prompts = [p for p in prompts if a.task is None or p.task == a.task or p.split != "train"]
     scorers = _ws(Path("params")).scorers()
@@ -89,13 +107,9 @@ def main() -> None:
     t = time.time()
     evaluate_model(load_any(model), prompts, scorers, e, folder / "eval", "final", progress=False)
     final = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))
-    base_t = pd.read_parquet("data/calibration/base_scores.parquet")
-    off = e.seed_offset
-    keep = ((base_t.task == "counting") & (base_t.seed < off + a.counting_seeds)) | (
-        (base_t.task == "text") & (base_t.seed < off + a.text_seeds))
     row = {"name": a.name, "overrides": a.overrides + ([f"--task {a.task}"] if a.task else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
-           "train_reward_curve": curve, "base": quick_metrics(base_t[keep]), "final": final}
+           "train_reward_curve": curve, "base": quick_metrics(quick_base(a, e.seed_offset)), "final": final}
     header = ["| name | overrides | rounds | GPO s | counting acc base → final | OCR reward base → final | "
               "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|"]
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpo_tuning import quick_metrics, upsert_results  # noqa: E402
+from gpo_tuning import add_quick_args, quick_base, quick_eval, quick_metrics, upsert_results  # noqa: E402
 
 from gpo.calibrate import evaluate_model  # noqa: E402
 from gpo.cli import _load, _ws  # noqa: E402
@@ -87,15 +87,13 @@ def main() -> None:
     ap.add_argument("--save", action="store_true", help="save each evaluated model (the EMA when on) as a pipeline "
                     "in OUT/NAME/step-N/pipeline, for benchmarks/guidance_probe.py")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--counting-seeds", type=int, default=8)
-    ap.add_argument("--text-seeds", type=int, default=2)
+    add_quick_args(ap)
     ap.add_argument("--out", type=Path, default=Path("data/gt_ceiling"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     world = _load(Path("params"), "world.yaml")
     pre = _load(Path("params"), "pretrain.yaml").pretrain
-    e = _load(Path("params"), "eval.yaml").eval.model_copy(
-        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
+    e = quick_eval(a)
     prompts = read_prompts(Path("data/prompts.jsonl"))
     scorers = _ws(Path("params")).scorers()
     pipe = load_pipeline(_load(Path("params"), "models.yaml").base)
@@ -113,11 +111,7 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=pre.weight_decay)
     gen = torch.Generator().manual_seed(1234)
     ema = [q.detach().clone() for q in params] if a.ema else None
-    base_t = pd.read_parquet("data/calibration/base_scores.parquet")
-    off = e.seed_offset
-    keep = ((base_t.task == "counting") & (base_t.seed < off + a.counting_seeds)) | (
-        (base_t.task == "text") & (base_t.seed < off + a.text_seeds))
-    bases = {e.guidance_scale: quick_metrics(base_t[keep])}
+    bases = {e.guidance_scale: quick_metrics(quick_base(a, e.seed_offset))}
     loss0 = probe_loss(pipe, probe)
     done, train_s = 0, 0.0
     for target in sorted(a.steps):
@@ -172,7 +166,7 @@ def main() -> None:
                   "OCR reward base → final | OCR exact base → final | counting by count (final) | GT loss base → final |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
 
-        def render(r: dict) -> str:
+        def render_row(r: dict) -> str:
             b, f = r["base"], r["final"]
             pl = (f"{r['probe_loss']['base']['all']:.4f} → {r['probe_loss']['final']['all']:.4f}"
                   if "probe_loss" in r else "")
@@ -182,7 +176,7 @@ def main() -> None:
                     f"{f['counting_by_count']} | {pl} |")
 
         for row in rows:
-            upsert_results("gt_ceiling", row, header, render)
+            upsert_results("gt_ceiling", row, header, render_row)
 
 
 if __name__ == "__main__":

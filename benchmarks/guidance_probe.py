@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 
 from gpo.calibrate import evaluate_model
-from gpo.cli import _load, _ws
+from gpo.cli import _ws
 from gpo.model.adapters import load_any
 from gpo.prompts import read_prompts
 
-from gpo_tuning import quick_metrics, upsert_results  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from gpo_tuning import add_quick_args, quick_eval, quick_metrics, upsert_results  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 HEADER = ["| model | path | CFG | counting acc | OCR reward | OCR exact | counting by count 1…6 |",
           "|---|---|---|---|---|---|---|"]
@@ -42,14 +42,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="NAME=PIPELINE_DIR")
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0])
-    ap.add_argument("--counting-seeds", type=int, default=8)
-    ap.add_argument("--text-seeds", type=int, default=2)
+    add_quick_args(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("data/guidance_probe"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    e = _load(Path("params"), "eval.yaml").eval.model_copy(
-        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
+    e = quick_eval(a)
     prompts = read_prompts(Path("data/prompts.jsonl"))
     scorers = _ws(Path("params")).scorers()
     for item in a.models:

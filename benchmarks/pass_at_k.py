@@ -13,7 +13,6 @@ Writes benchmarks/results/pass_at_k.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
