@@ -20,14 +20,9 @@ import pandas as pd
 
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.metrics import mean_interval
-from gpo.study import image_diffs
+from gpo.study import heldout_values, image_diffs
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def held(t: pd.DataFrame) -> pd.Series:
-    """Held-out counting right/wrong, indexed by (prompt, seed)."""
-    return t[(t.task == "counting") & (t.split == "heldout")].set_index(["prompt", "seed"])["correct"].astype(float)
 
 
 def fmt(d: dict) -> str:
@@ -58,7 +53,7 @@ def main() -> None:
                 row[f"exact_cfg{g}"] = mean_interval(image_diffs(t, base[g], "text", "correct")).as_dict()
                 row[f"reward_cfg{g}"] = mean_interval(image_diffs(t, base[g], "text", "reward")).as_dict()
             if 1 in runs:  # guidance's margin, per image: (run CFG 2 − run CFG 1) − (base CFG 2 − base CFG 1)
-                c = [held(t) for t in (runs[2], runs[1], base[2], base[1])]
+                c = [heldout_values(t, "counting", "correct") for t in (runs[2], runs[1], base[2], base[1])]
                 both = c[0].index.intersection(c[1].index).intersection(c[2].index).intersection(c[3].index)
                 margin = (c[0][both] - c[1][both]) - (c[2][both] - c[3][both])
                 row["margin_change"] = mean_interval(margin.tolist()).as_dict()

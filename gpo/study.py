@@ -18,6 +18,7 @@ hand-computed values (tests/test_study.py); the DVC and MLflow edges are the rea
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -98,10 +99,14 @@ def groups_tensor(rewards: pd.DataFrame, task: str | None = None) -> torch.Tenso
     return torch.from_numpy(np.stack(rows).astype("float64")) if rows else torch.zeros(0, 0, dtype=torch.float64)
 
 
+def heldout_values(t: pd.DataFrame, task: str, column: str) -> pd.Series:
+    """One task's held-out `column` per image, indexed by (prompt, seed): what paired comparisons align on."""
+    return t[(t.task == task) & (t.split == "heldout")].set_index(["prompt", "seed"])[column].astype(float)
+
+
 def image_diffs(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str) -> list[float]:
     """Per-image differences a − b of `column` on the (prompt, seed) images both hold, one task's held-out split."""
-    pick = lambda t: t[(t.task == task) & (t.split == "heldout")].set_index(["prompt", "seed"])[column].astype(float)  # noqa: E731
-    x, y = pick(a), pick(b)
+    x, y = heldout_values(a, task, column), heldout_values(b, task, column)
     both = x.index.intersection(y.index)
     return (x.loc[both] - y.loc[both]).tolist()
 
@@ -154,37 +159,41 @@ def arm_rows(runs: Iterable[Run], base_metrics: dict) -> list[dict]:
 def experiments_from_refs(root: Path) -> dict[str, dict]:
     """name → {'rev', 'arm', 'seed'} of the finished study experiments: DVC keeps each experiment as a git
     ref (refs/exps/.../NAME), its params in the commit. The same as `dvc exp show -A` lists, in a second."""
-    import subprocess
-
     import yaml
 
-    refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"], cwd=root,
-                          capture_output=True, text=True, check=True).stdout.split("\n")
+    refs = _git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").split("\n")
     found = {}
     for line in filter(None, refs):
         rev, ref = line.split()
         name = ref.rsplit("/", 1)[1]
         if not name.startswith(PREFIX + "-"):
             continue
-        gpo = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:params/gpo.yaml"], cwd=root, capture_output=True,
-                                            text=True, check=True).stdout)
+        gpo = yaml.safe_load(_git(root, "show", f"{rev}:params/gpo.yaml"))
         found[name] = {"rev": rev, "arm": gpo["train"]["arm"], "seed": gpo["train"]["seed"], "error": None}
     return found
+
+
+def _git(root: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+@functools.lru_cache(maxsize=None)
+def _lock(root: Path, rev: str) -> dict:
+    """dvc.lock as of a commit, parsed once per commit (a run reads several outputs of the same one)."""
+    import yaml
+
+    return yaml.safe_load(_git(root, "show", f"{rev}:dvc.lock"))
 
 
 def _read(root: Path, path: str, rev: str) -> bytes:
     """A DVC-cached file as of an experiment's commit: its hash from that commit's dvc.lock (a file
     output, or a file inside a directory output), read from the local cache. The same bytes as
     `dvc.api.open(path, rev=rev)`, without building a repository per file (minutes for a study)."""
-    import subprocess
-
-    import yaml
-
-    lock = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=root, capture_output=True,
-                                         text=True, check=True).stdout)
     cache = Path(root) / ".dvc" / "cache" / "files" / "md5"
     blob = lambda md5: (cache / md5[:2] / md5[2:]).read_bytes()  # noqa: E731
-    for stage in lock["stages"].values():
+    for stage in _lock(Path(root), rev)["stages"].values():
         for out in stage.get("outs", []):
             if out["path"] == path:
                 return blob(out["md5"])
