@@ -44,6 +44,11 @@ def add_quick_args(ap: argparse.ArgumentParser) -> None:
     """The quick held-out evaluation's size: seeds per counting and per text prompt."""
     ap.add_argument("--counting-seeds", type=int, default=8)
     ap.add_argument("--text-seeds", type=int, default=2)
+    ap.add_argument("--base", type=Path, default=None,
+                    help="the model to start from (default: params/models.yaml's base), e.g. a pretraining snapshot")
+    ap.add_argument("--base-scores", type=Path, default=None,
+                    help="that model's scores on the quick seeds (a final_scores.parquet; default: "
+                         "data/calibration/base_scores.parquet, the shipped base's)")
 
 
 def quick_eval(a: argparse.Namespace):
@@ -53,8 +58,11 @@ def quick_eval(a: argparse.Namespace):
 
 
 def quick_base(a: argparse.Namespace, seed_offset: int) -> pd.DataFrame:
-    """The shipped base's calibration table restricted to the quick seeds (the same images as a quick evaluation)."""
-    t = pd.read_parquet("data/calibration/base_scores.parquet")
+    """The base's scores restricted to the quick seeds (the same images as a quick evaluation): the shipped
+    base's calibration table unless --base-scores names another model's."""
+    if getattr(a, "base", None) is not None and getattr(a, "base_scores", None) is None:
+        raise SystemExit("--base needs --base-scores: that model's own quick evaluation (gt_ceiling.py --steps 0 writes one)")
+    t = pd.read_parquet(getattr(a, "base_scores", None) or "data/calibration/base_scores.parquet")
     keep = ((t.task == "counting") & (t.seed < seed_offset + a.counting_seeds)) | (
         (t.task == "text") & (t.seed < seed_offset + a.text_seeds))
     return t[keep]
@@ -94,7 +102,8 @@ def main() -> None:
     prompts = read_prompts(Path("data/prompts.jsonl"))
     train_prompts = [p for p in prompts if a.task is None or p.task == a.task or p.split != "train"]
     scorers = _ws(Path("params")).scorers()
-    base = Path(_load(Path("params"), "models.yaml").base)
+    base = a.base or Path(_load(Path("params"), "models.yaml").base)
+    quick_base(a, e.seed_offset)  # fail before the rounds when the base's scores are missing
     folder = a.out / a.name
     model, curve, seconds = base, [], {"generate": 0.0, "score": 0.0, "train": 0.0}
     for i in range(1, a.rounds + 1):
@@ -107,7 +116,8 @@ def main() -> None:
     t = time.time()
     evaluate_model(load_any(model), prompts, scorers, e, folder / "eval", "final", progress=False)
     final = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))
-    row = {"name": a.name, "overrides": a.overrides + ([f"--task {a.task}"] if a.task else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
+    row = {"name": a.name, "overrides": a.overrides + ([f"--task {a.task}"] if a.task else [])
+           + ([f"--base {a.base}"] if a.base else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
            "train_reward_curve": curve, "base": quick_metrics(quick_base(a, e.seed_offset)), "final": final}
     header = ["| name | overrides | rounds | GPO s | counting acc base → final | OCR reward base → final | "

@@ -96,7 +96,7 @@ def main() -> None:
     e = quick_eval(a)
     prompts = read_prompts(Path("data/prompts.jsonl"))
     scorers = _ws(Path("params")).scorers()
-    pipe = load_pipeline(_load(Path("params"), "models.yaml").base)
+    pipe = load_pipeline(a.base or _load(Path("params"), "models.yaml").base)
     share = {"counting": 0.0, "text": 1.0}.get(a.task, pre.text_share)
     sampler = GroundTruthSampler(build_prompts(world.prompts), world.render, share, seed=1234)
     if a.gt_split == "heldout":
@@ -111,7 +111,9 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=pre.weight_decay)
     gen = torch.Generator().manual_seed(1234)
     ema = [q.detach().clone() for q in params] if a.ema else None
-    bases = {e.guidance_scale: quick_metrics(quick_base(a, e.seed_offset))}
+    if a.base is not None and 0 not in a.steps:
+        raise SystemExit("--base needs step 0 in --steps: the comparison is with that model's own evaluation")
+    bases = {} if a.base is not None else {e.guidance_scale: quick_metrics(quick_base(a, e.seed_offset))}
     loss0 = probe_loss(pipe, probe)
     done, train_s = 0, 0.0
     for target in sorted(a.steps):
@@ -154,7 +156,7 @@ def main() -> None:
                 raise SystemExit(f"no base at guidance {g}: list step 0 in --steps")
             rows.append({"name": f"{a.name}@{target}" + ("" if g == e.guidance_scale else f"@cfg{g:g}"), "lr": a.lr,
                          "warmup": a.warmup, "ema": a.ema, "guidance": g,
-                         "task": (a.task or "both") + ("" if a.gt_split == "train" else ", held-out prompts")
+                         "task": (a.task or "both") + ("" if a.base is None else f", base {a.base}") + ("" if a.gt_split == "train" else ", held-out prompts")
                          + (", text encoder frozen" if a.freeze_text_encoder else "") + ("" if a.cfg_dropout is None else f", CFG dropout {dropout:g}"),
                          "steps": target, "images_seen": target * a.batch_size, "train_seconds": round(train_s),
                          "probe_loss": {"base": loss0, "final": loss1}, "base": bases[g], "final": final})
