@@ -9,7 +9,10 @@ every arm alike), the shipped base:
 - training arms fp32 / bf16 (accelerate's autocast, float32 master weights) / bf16-attn32 (the same, but
   attention computed in float32 wherever a backward follows: the CPU's bf16 flash-attention backward is
   the slow part of a bf16 step): one GPO group step (G members, K draws, forward + backward of policy
-  and reference) per repetition: group-steps/s.
+  and reference) per repetition: group-steps/s, and achieved GFLOP/s from the FLOPs of one group step
+  (forward and backward, counted the same way);
+- fp32-compile: the fp32 step with policy and reference wrapped in torch.compile (inductor); its
+  compile seconds (the first step) are reported beside the steady-state speed, since a round pays them.
 Quality of the sampler arms is measured separately, on held-out prompts and the same seeds:
 benchmarks/sampler_sweep.py (benchmarks/results/sampler_solvers.md).
 
@@ -84,21 +87,39 @@ class Fp32AttentionForBackward:
             return self.inner(attn, hidden_states.float(), ehs, attention_mask, temb, *args, **kw)
 
 
+_COMPILED: dict[str, object] = {}
+
+
 def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
     """One group step as train_gpo takes it, under the Accelerator of train.mixed_precision (no or bf16)."""
     from diffusers.models.attention_processor import AttnProcessor2_0
     pipe.denoiser.set_attn_processor(Fp32AttentionForBackward() if precision == "bf16-attn32" else AttnProcessor2_0())
-    acc = make_accelerator(p.model_copy(update={"mixed_precision": "no" if precision == "fp32" else "bf16"}))
+    acc = make_accelerator(p.model_copy(update={"mixed_precision": "bf16" if precision.startswith("bf16") else "no"}))
+    policy = pipe.denoiser
+    if precision == "fp32-compile":
+        if not _COMPILED:
+            _COMPILED["policy"] = torch.compile(pipe.denoiser)
+            _COMPILED["ref"] = Reference(pipe.denoiser, lora=False)
+            _COMPILED["ref"].copy = torch.compile(ref.copy)
+        policy, ref = _COMPILED["policy"], _COMPILED["ref"]
     pipe.denoiser.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
-    group_step(pipe, pipe.denoiser, ref, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
+    group_step(pipe, policy, ref, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
     return 1.0 / (time.perf_counter() - t0)
+
+
+def train_flops(pipe, ref, group: Group, p) -> float:
+    """FLOPs of one fp32 group step: reference forward, policy forward and backward (flop_counter)."""
+    with FlopCounterMode(display=False) as fc:
+        train_once(pipe, ref, group, p, "fp32", 0)
+    return float(fc.get_total_flops())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS, help="STEPS:SOLVER:PRECISION[:BATCH]")
-    ap.add_argument("--train", nargs="*", default=["fp32", "bf16", "bf16-attn32"], help="training precisions")
+    ap.add_argument("--train", nargs="*", default=["fp32", "bf16", "bf16-attn32", "fp32-compile"],
+                    help="training arms: fp32, bf16, bf16-attn32, fp32-compile")
     ap.add_argument("--threads", type=int, nargs="*", default=[2])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--guidance", type=float, default=None, help="default: params/eval.yaml")
@@ -121,6 +142,8 @@ def main() -> None:
         floor = {"fp32": [], "bf16": []}
         for arm in a.arms:  # warm-up: oneDNN builds its kernels per shape and precision
             sample_once(pipe, arm, guidance, e.batch_size, -1)
+        first_step_s = {pr: 1.0 / train_once(pipe, ref, group, p, pr, -1) for pr in a.train}  # compile happens here
+        step_flops = train_flops(pipe, ref, group, p) if a.train else None
         for rep in range(a.repeats):
             floor["fp32"].append(floor_gflops(torch.float32))
             floor["bf16"].append(floor_gflops(torch.bfloat16))
@@ -131,9 +154,9 @@ def main() -> None:
         fl = {k: statistics.median(v) for k, v in floor.items()}
         for (kind, arm), v in speed.items():
             med = statistics.median(v)
-            precision = arm.split(":")[2] if kind == "sample" else ("fp32" if arm == "fp32" else "bf16")
+            precision = arm.split(":")[2] if kind == "sample" else ("bf16" if arm.startswith("bf16") else "fp32")
             steps = int(arm.split(":")[0]) if kind == "sample" else None
-            achieved = med * steps * flops / 1e9 if kind == "sample" else None
+            achieved = med * steps * flops / 1e9 if kind == "sample" else med * step_flops / 1e9
             row = {"name": f"{threads}/{kind}/{arm}", "threads": threads, "kind": kind, "arm": arm,
                    "unit": "images/s" if kind == "sample" else "group-steps/s",
                    "median": round(med, 3), "min": round(min(v), 3), "max": round(max(v), 3), "repeats": a.repeats,
@@ -141,13 +164,16 @@ def main() -> None:
                    "floor_gflops": round(fl[precision], 1),
                    "share_of_floor": None if achieved is None else round(achieved / fl[precision], 3),
                    "guidance": guidance, "group_size": G, "draws": p.draws}
+            if kind == "train":
+                row |= {"flops_per_group_step": step_flops, "first_step_seconds": round(first_step_s[arm], 1)}
             upsert_results("throughput", row, header, render)
 
 
 def render(r: dict) -> str:
     ach = "–" if r["achieved_gflops"] is None else f"{r['achieved_gflops']:.1f}"
     share = "–" if r["share_of_floor"] is None else f"{r['share_of_floor']:.1%}"
-    label = r["arm"] if r["kind"] == "sample" else f"{r['arm']} (G={r['group_size']}, K={r['draws']})"
+    label = r["arm"] if r["kind"] == "sample" else (f"{r['arm']} (G={r['group_size']}, K={r['draws']}"
+                                                    + (f"; first step {r['first_step_seconds']} s" if "first_step_seconds" in r else "") + ")")
     return (f"| {r['threads']} | {r['kind']} | {label} | {r['median']:.2f} {r['unit']} | [{r['min']:.2f}, {r['max']:.2f}] | "
             f"{ach} | {r['floor_gflops']:.0f} ({'bf16' if 'bf16' in r['arm'] else 'fp32'}) | {share} |")
 
