@@ -11,8 +11,10 @@ every arm alike), the shipped base:
   the slow part of a bf16 step): one GPO group step (G members, K draws, forward + backward of policy
   and reference) per repetition: group-steps/s, and achieved GFLOP/s from the FLOPs of one group step
   (forward and backward, counted the same way);
-- fp32-compile: the fp32 step with policy and reference wrapped in torch.compile (inductor); its
-  compile seconds (the first step) are reported beside the steady-state speed, since a round pays them.
+- fp32-cl: the fp32 step on a channels_last copy of the denoiser (and of its reference);
+- fp32-compile (fp32-cl-compile): the fp32 step with policy and reference wrapped in torch.compile
+  (inductor); the first step's seconds (the compile) are reported beside the steady-state speed, since
+  a round pays them.
 Quality of the sampler arms is measured separately, on held-out prompts and the same seeds:
 benchmarks/sampler_sweep.py (benchmarks/results/sampler_solvers.md).
 
@@ -25,6 +27,7 @@ Writes benchmarks/results/throughput.{json,md} (rows replaced by name: threads/k
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -87,7 +90,24 @@ class Fp32AttentionForBackward:
             return self.inner(attn, hidden_states.float(), ehs, attention_mask, temb, *args, **kw)
 
 
-_COMPILED: dict[str, object] = {}
+_VARIANTS: dict[str, tuple] = {}
+
+
+def _variant(pipe, ref, arm: str) -> tuple:
+    """(policy, reference) of a training arm, built once: the pipeline's own denoiser for the precision
+    arms; for -cl a channels_last copy (oneDNN's preferred layout for convolutions) with its own
+    reference; for -compile both wrapped in torch.compile."""
+    if arm not in _VARIANTS:
+        policy, reference = pipe.denoiser, ref
+        if "-cl" in arm:
+            policy = copy.deepcopy(pipe.denoiser).to(memory_format=torch.channels_last)
+            reference = Reference(policy, lora=False)
+        if arm.endswith("-compile"):
+            compiled_ref = copy.copy(reference)
+            compiled_ref.copy = torch.compile(reference.copy)
+            policy, reference = torch.compile(policy), compiled_ref
+        _VARIANTS[arm] = (policy, reference)
+    return _VARIANTS[arm]
 
 
 def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
@@ -95,16 +115,10 @@ def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
     from diffusers.models.attention_processor import AttnProcessor2_0
     pipe.denoiser.set_attn_processor(Fp32AttentionForBackward() if precision == "bf16-attn32" else AttnProcessor2_0())
     acc = make_accelerator(p.model_copy(update={"mixed_precision": "bf16" if precision.startswith("bf16") else "no"}))
-    policy = pipe.denoiser
-    if precision == "fp32-compile":
-        if not _COMPILED:
-            _COMPILED["policy"] = torch.compile(pipe.denoiser)
-            _COMPILED["ref"] = Reference(pipe.denoiser, lora=False)
-            _COMPILED["ref"].copy = torch.compile(ref.copy)
-        policy, ref = _COMPILED["policy"], _COMPILED["ref"]
-    pipe.denoiser.zero_grad(set_to_none=True)
+    policy, reference = _variant(pipe, ref, precision)
+    policy.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
-    group_step(pipe, policy, ref, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
+    group_step(pipe, policy, reference, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
     return 1.0 / (time.perf_counter() - t0)
 
 
@@ -118,8 +132,8 @@ def train_flops(pipe, ref, group: Group, p) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS, help="STEPS:SOLVER:PRECISION[:BATCH]")
-    ap.add_argument("--train", nargs="*", default=["fp32", "bf16", "bf16-attn32", "fp32-compile"],
-                    help="training arms: fp32, bf16, bf16-attn32, fp32-compile")
+    ap.add_argument("--train", nargs="*", default=["fp32", "bf16", "bf16-attn32", "fp32-cl", "fp32-compile"],
+                    help="training arms: fp32, bf16, bf16-attn32, fp32-cl, fp32-compile, fp32-cl-compile")
     ap.add_argument("--threads", type=int, nargs="*", default=[2])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--guidance", type=float, default=None, help="default: params/eval.yaml")
