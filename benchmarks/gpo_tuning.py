@@ -87,6 +87,19 @@ def upsert_results(stem: str, row: dict, header: list[str], render) -> None:
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(header + [render(r) for r in rows]) + "\n")
 
 
+def write_results(stem: str, data, lines: list[str]) -> None:
+    """Write a whole result: results/<stem>.json (`data`) and <stem>.md (`lines`), and print the table."""
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_json(RESULTS / f"{stem}.json", data)
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def points(d: dict) -> str:
+    """A mean_interval of differences as points with its 95% interval: '+1.4 [-6.6, +9.4]'."""
+    return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from gpo.io import atomic_write_json, atomic_write_text
-from gpo.metrics import mean_interval
-from gpo.study import heldout_values, image_diffs
+sys.path.insert(0, str(Path(__file__).parent))
+from gpo_tuning import RESULTS, points, write_results  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+from gpo.metrics import mean_interval  # noqa: E402
+from gpo.study import heldout_values, image_diffs  # noqa: E402
 
 
-def fmt(d: dict) -> str:
-    return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+def paired(mine: pd.DataFrame, ref: pd.DataFrame, g: int) -> dict:
+    """Δ counting accuracy, OCR exact and OCR reward of `mine` against `ref` at CFG g, per image."""
+    return {f"counting_cfg{g}": mean_interval(image_diffs(mine, ref, "counting", "correct")).as_dict(),
+            f"exact_cfg{g}": mean_interval(image_diffs(mine, ref, "text", "correct")).as_dict(),
+            f"reward_cfg{g}": mean_interval(image_diffs(mine, ref, "text", "reward")).as_dict()}
 
 
 def main() -> None:
@@ -54,9 +58,7 @@ def main() -> None:
             if (step.with_name(step.name + "-cfg1") / "final_scores.parquet").exists():
                 runs[1] = table(step.with_name(step.name + "-cfg1"))
             for g, t in runs.items():
-                row[f"counting_cfg{g}"] = mean_interval(image_diffs(t, base[g], "counting", "correct")).as_dict()
-                row[f"exact_cfg{g}"] = mean_interval(image_diffs(t, base[g], "text", "correct")).as_dict()
-                row[f"reward_cfg{g}"] = mean_interval(image_diffs(t, base[g], "text", "reward")).as_dict()
+                row |= paired(t, base[g], g)
             if 1 in runs:  # guidance's margin, per image: (run CFG 2 − run CFG 1) − (base CFG 2 − base CFG 1)
                 c = [heldout_values(t, "counting", "correct") for t in (runs[2], runs[1], base[2], base[1])]
                 both = c[0].index.intersection(c[1].index).intersection(c[2].index).intersection(c[3].index)
@@ -66,7 +68,7 @@ def main() -> None:
     lines = ["| run | Δ counting CFG 2 | Δ counting CFG 1 | Δ guidance margin (CFG 2 − CFG 1) | Δ OCR exact CFG 2 | Δ OCR reward CFG 2 |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        get = lambda k: fmt(r[k]) if k in r else "–"  # noqa: E731
+        get = lambda k: points(r[k]) if k in r else "–"  # noqa: E731
         lines.append(f"| {r['name']} | {get('counting_cfg2')} | {get('counting_cfg1')} | {get('margin_change')} | "
                      f"{get('exact_cfg2')} | {get('reward_cfg2')} |")
     lines.append("")
@@ -79,22 +81,15 @@ def main() -> None:
         row = {"name": name}
         for g, folder in ((2, "step-0"), (1, "step-0-cfg1")):
             if (a.root / name / folder / "final_scores.parquet").exists():
-                mine, ref = table(a.root / name / folder), table(shipped0.with_name(folder))
-                row[f"counting_cfg{g}"] = mean_interval(image_diffs(mine, ref, "counting", "correct")).as_dict()
-                row[f"exact_cfg{g}"] = mean_interval(image_diffs(mine, ref, "text", "correct")).as_dict()
-                row[f"reward_cfg{g}"] = mean_interval(image_diffs(mine, ref, "text", "reward")).as_dict()
+                row |= paired(table(a.root / name / folder), table(shipped0.with_name(folder)), g)
         bases.append(row)
     if bases:
         lines += ["", "Other bases (step 0 of runs with --base) against the shipped base, same images:", "",
                   "| base | Δ counting CFG 2 | Δ counting CFG 1 | Δ OCR exact CFG 2 | Δ OCR reward CFG 2 |", "|---|---|---|---|---|"]
         for r in bases:
-            get = lambda k: fmt(r[k]) if k in r else "–"  # noqa: E731
+            get = lambda k: points(r[k]) if k in r else "–"  # noqa: E731
             lines.append(f"| {r['name']} | {get('counting_cfg2')} | {get('counting_cfg1')} | {get('exact_cfg2')} | {get('reward_cfg2')} |")
-    rows = {"runs": rows, "bases": bases}
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / "gt_ceiling_paired.json", rows)
-    atomic_write_text(RESULTS / "gt_ceiling_paired.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("gt_ceiling_paired", {"runs": rows, "bases": bases}, lines)
 
 
 if __name__ == "__main__":

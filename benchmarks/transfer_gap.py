@@ -21,11 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpo_tuning import RESULTS, quick_metrics  # noqa: E402
+from gpo_tuning import points, quick_metrics, write_results  # noqa: E402
 
 from gpo.calibrate import evaluate_model  # noqa: E402
 from gpo.cli import _load, _ws  # noqa: E402
-from gpo.io import atomic_write_json, atomic_write_text  # noqa: E402
 from gpo.metrics import mean_interval  # noqa: E402
 from gpo.model.adapters import load_any  # noqa: E402
 from gpo.prompts import read_prompts  # noqa: E402
@@ -60,13 +59,9 @@ def main() -> None:
     lines = [f"Counting accuracy on the {len(train)} train prompts × {a.counting_seeds} seeds, paired with {base}:", "",
              "| model | counting acc (train prompts) | Δ vs base, points [95%] | by count |", "|---|---|---|---|"]
     for r in rows:
-        d = r.get("paired_vs_base")
-        delta = "–" if d is None else f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+        delta = points(r["paired_vs_base"]) if "paired_vs_base" in r else "–"
         lines.append(f"| {r['name']} | {r['train_prompts_counting']:.3f} | {delta} | {r['by_count']} |")
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / "transfer_gap.json", rows)
-    atomic_write_text(RESULTS / "transfer_gap.md", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("transfer_gap", rows, lines)
 
 
 if __name__ == "__main__":
