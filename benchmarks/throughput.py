@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gpo.cli import _load
 from gpo.model.adapters import load_any
+from gpo.model.attention import fp32_attention_under_grad
 from gpo.train import Group, Reference, group_step, make_accelerator
 
 from gpo_tuning import upsert_results  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -75,21 +76,6 @@ def sample_once(pipe, arm: str, guidance: float, default_batch: int, rep: int) -
     return b / (time.perf_counter() - t0)
 
 
-class Fp32AttentionForBackward:
-    """diffusers attention processor: float32 attention (autocast off) when gradients are on, bf16 otherwise."""
-
-    def __init__(self):
-        from diffusers.models.attention_processor import AttnProcessor2_0
-        self.inner = AttnProcessor2_0()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kw):
-        if not torch.is_grad_enabled():
-            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kw)
-        with torch.autocast(hidden_states.device.type, enabled=False):
-            ehs = None if encoder_hidden_states is None else encoder_hidden_states.float()
-            return self.inner(attn, hidden_states.float(), ehs, attention_mask, temb, *args, **kw)
-
-
 _VARIANTS: dict[str, tuple] = {}
 
 
@@ -112,14 +98,15 @@ def _variant(pipe, ref, arm: str) -> tuple:
 
 def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
     """One group step as train_gpo takes it, under the Accelerator of train.mixed_precision (no or bf16)."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-    pipe.denoiser.set_attn_processor(Fp32AttentionForBackward() if precision == "bf16-attn32" else AttnProcessor2_0())
     acc = make_accelerator(p.model_copy(update={"mixed_precision": "bf16" if precision.startswith("bf16") else "no"}))
     policy, reference = _variant(pipe, ref, precision)
+    restore = fp32_attention_under_grad(policy) if precision == "bf16-attn32" else (lambda: None)
     policy.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     group_step(pipe, policy, reference, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
-    return 1.0 / (time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    restore()
+    return 1.0 / seconds
 
 
 def train_flops(pipe, ref, group: Group, p) -> float:

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from gpo.errors import GpoError
 from gpo.io import atomic_write, atomic_write_json
 from gpo.loss import gpo_loss
+from gpo.model.attention import fp32_attention_under_grad
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.model.targets import noisy_and_target, sample_timesteps
 from gpo.params import TrainParams
@@ -287,6 +288,9 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
                            field="train.gradient_checkpointing (params/gpo.yaml)", value=True, fix="set it to false")
         policy.enable_gradient_checkpointing()
     policy.train()
+    # bf16 on the CPU: attention in float32 where a backward follows (gpo/model/attention.py)
+    cpu_bf16 = p.mixed_precision == "bf16" and acc.device.type == "cpu"
+    restore_attention = fp32_attention_under_grad(policy) if cpu_bf16 and p.fp32_attention_on_cpu else (lambda: None)
     trainable = [q for q in policy.parameters() if q.requires_grad]
     opt = acc.prepare(torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay))
     # EMA of the trainable weights, started at the reference; the round's model is the EMA when on
@@ -373,6 +377,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
                 atomic_write_json(ck / "train_log.json", log)
             acc.wait_for_everyone()
     bar.close()
+    restore_attention()
     if ema is not None:  # the model of the round is the EMA of the iterates
         with torch.no_grad():
             for q, v in zip(trainable, ema):

@@ -215,3 +215,61 @@ def test_exact_weight_shapes_rewards_and_drops_groups_left_without_spread():
     assert half[1].rewards.tolist() == pytest.approx([0.25, 1.0])  # 0.5·0.5 + 0, 0.5·1 + 0.5
     only_exact = groups_from_table(table, images, exact_weight=1.0)  # group a: no exact member, no signal
     assert [g.prompt for g in only_exact] == ["b"] and only_exact[0].rewards.tolist() == [0.0, 1.0]
+
+
+
+class _Spy:
+    """An attention processor that records (grad on, input dtype, autocast on) per call, then runs `inner`."""
+
+    def __init__(self, inner, seen):
+        self.inner, self.seen = inner, seen
+
+    def __call__(self, attn, hidden_states, *args, **kw):
+        self.seen.append((torch.is_grad_enabled(), hidden_states.dtype, torch.is_autocast_cpu_enabled()))
+        return self.inner(attn, hidden_states, *args, **kw)
+
+
+def _spied(pipe):
+    seen = []
+    pipe.denoiser.set_attn_processor({k: _Spy(v, seen) for k, v in pipe.denoiser.attn_processors.items()})
+    return seen
+
+
+def test_fp32_attention_under_grad_runs_the_models_own_processors_in_float32_and_restores_them():
+    """bf16 on the CPU: attention sees float32 inputs (autocast off) only where a backward follows."""
+    from gpo.model.attention import fp32_attention_under_grad
+
+    pipe = build_pipeline(TINY, seed=0)
+    seen = _spied(pipe)
+    spies = dict(pipe.denoiser.attn_processors)
+    restore = fp32_attention_under_grad(pipe.denoiser)
+    group = _groups(1, G=4)[0]
+    x = group.x0[:2]
+    states, pooled = pipe.encode_prompt([group.prompt] * 2)
+    t = torch.tensor([500, 700])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pipe.predict(x, t, states, pooled).float().square().mean().backward()
+        with torch.no_grad():
+            pipe.predict(x, t, states, pooled)
+    under_grad = [s for s in seen if s[0]]
+    no_grad = [s for s in seen if not s[0]]
+    assert under_grad and all(dt == torch.float32 and not ac for _, dt, ac in under_grad)
+    assert no_grad and all(dt == torch.bfloat16 and ac for _, dt, ac in no_grad)  # unchanged without grad
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in pipe.denoiser.parameters())
+    restore()
+    assert dict(pipe.denoiser.attn_processors) == spies  # the very same processor objects back
+
+
+@pytest.mark.parametrize("fp32_attention", [True, False])
+def test_bf16_training_on_cpu_runs_attention_in_float32_for_the_round_only(tmp_path, fp32_attention):
+    pipe = build_pipeline(TINY, seed=0)
+    seen = _spied(pipe)
+    spies = dict(pipe.denoiser.attn_processors)
+    p = TrainParams(epochs=1, groups_per_step=2, threads=1, lr=1e-3, draws=1, mixed_precision="bf16",
+                    fp32_attention_on_cpu=fp32_attention)
+    train_gpo(pipe, _groups(), p, tmp_path / "bf16", progress=False)
+    grad_dtypes = {dt for grad, dt, _ in seen if grad}
+    assert grad_dtypes == ({torch.float32} if fp32_attention else {torch.bfloat16})
+    assert dict(pipe.denoiser.attn_processors) == spies
+    log = json.loads((tmp_path / "bf16" / "train_log.json").read_text())
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) and not r["skipped_nonfinite"] for r in log)
