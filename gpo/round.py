@@ -214,8 +214,9 @@ def step_score(rd: RoundDir, scorers: Scorers) -> pd.DataFrame:
 
 
 def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = True,
-               log_fn: Optional[Callable[[dict], None]] = None, family: str = "auto") -> Path:
-    """GPO fine-tuning of the start model (also the frozen reference) on the scored groups."""
+               log_fn: Optional[Callable[[dict], None]] = None, family: str = "auto", chain_batch: int = 0) -> Path:
+    """GPO fine-tuning of the start model (also the frozen reference) on the scored groups; `chain_batch` is the
+    chain's batch index of these groups (batch_index), which seeds the training draws."""
     t0 = time.time()
     if not rd.rewards.exists():
         raise GpoError("no reward table to train on", file=str(rd.rewards), fix="run the score step first")
@@ -231,7 +232,8 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
     groups = groups_from_table(rewards, x0=model_inputs(rewards, rd.groups, pipe.encode_images),
                                exact_weight=cfg.train.exact_weight)
     n_dropped = int(rewards["group"].nunique()) - len(groups)  # no spread (in the reward trained on)
-    model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn)
+    model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn,
+                      chain_batch=chain_batch)
     _timed(rd, "train", t0, n_groups=len(groups), n_dropped=n_dropped)
     return model
 
@@ -336,7 +338,7 @@ def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg
             if not part.rewards.exists():
                 step_generate(batch_index(index, j, rd.iterations), model, part, prompts, cfg, progress)
                 step_score(part, scorers)
-            step_train(model, part, cfg, progress)
+            step_train(model, part, cfg, progress, chain_batch=batch_index(index, j, rd.iterations))
         model = part.model
     return Improvement(rd.model, rd.all_rewards(), rd.seconds())
 

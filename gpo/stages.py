@@ -139,7 +139,8 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
             rewards = step_score(part, ws.scorers())
             return {**report, "mean_reward": float(rewards["reward"].mean()),
                     "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
-        return {**report, "model": str(step_train(start, part, cfg, progress, family=family))}
+        return {**report, "model": str(step_train(start, part, cfg, progress, family=family,
+                                                  chain_batch=batch_index(index, j, n)))}
     prev = start_champion(ws, index, tracker)
     champion, decision = step_evaluate(index, rd, prev, ws.prompt_table(), ws.scorers(), ws.load("eval.yaml").eval,
                                        ws.load("run.yaml").promotion.z, progress, tracker, family=family)

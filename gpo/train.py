@@ -202,9 +202,10 @@ def group_step(pipe: TinyT2IPipeline, policy, ref: Reference, group: Group, p: T
 STAT_KEYS = ("loss", "implicit_accuracy", "reward_margin", "delta_above", "delta_below")
 
 
-def group_generator(seed: int, step: int, slot: int) -> torch.Generator:
-    """The draws of the group in `slot` of optimizer step `step`: independent of which rank runs it."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 10_007 + slot)
+def group_generator(seed: int, step: int, slot: int, batch: int = 0) -> torch.Generator:
+    """The draws of the group in `slot` of optimizer step `step` of the chain's batch of groups `batch`
+    (gpo/round.py batch_index): independent of which rank runs it, fresh for every iteration and round."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 10_007 + slot) + batch * 998_244_353)
 
 
 def precompute_embeds(pipe, prompts: list[str]) -> dict[str, tuple]:
@@ -254,10 +255,11 @@ def make_accelerator(p: TrainParams, project_dir: Path | None = None) -> Acceler
 
 
 def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: Path, *, n_dropped: int = 0,
-              progress: bool = True, log_fn=None) -> Path:
+              progress: bool = True, log_fn=None, chain_batch: int = 0) -> Path:
     """Fine-tune `pipe.denoiser` on the round's groups; checkpoints in out/checkpoints (resumable);
     the final pipeline in out/pipeline; metrics per step in out/train_log.json. Under `accelerate
-    launch` every rank calls this with the same groups (see the module docstring)."""
+    launch` every rank calls this with the same groups (see the module docstring). `chain_batch`: the chain's
+    batch index of these groups, so that every iteration draws its own (t, ε), not the previous one's."""
     if not groups:
         raise GpoError("no group with reward spread to train on", field="groups.group_size",
                        fix="raise G or prompts_per_round; check the reward models on this round's images")
@@ -322,7 +324,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
         sums = torch.zeros(len(STAT_KEYS))
         for slot in range(rank, len(batch), world):  # this rank's share of the step, groups whole
             g = batch[slot]
-            stats = group_step(pipe, policy, ref, g, p, group_generator(p.seed, step, slot), 1.0 / len(batch),
+            stats = group_step(pipe, policy, ref, g, p, group_generator(p.seed, step, slot, chain_batch), 1.0 / len(batch),
                                embeds=embeds[g.prompt] if embeds is not None else None, acc=acc,
                                uncond_embeds=embeds.get("") if embeds is not None else None)
             sums += torch.tensor([stats[key] for key in STAT_KEYS])

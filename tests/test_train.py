@@ -273,3 +273,15 @@ def test_bf16_training_on_cpu_runs_attention_in_float32_for_the_round_only(tmp_p
     assert dict(pipe.denoiser.attn_processors) == spies
     log = json.loads((tmp_path / "bf16" / "train_log.json").read_text())
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) and not r["skipped_nonfinite"] for r in log)
+
+
+def test_every_batch_of_groups_draws_its_own_timesteps_and_noise():
+    """The (t, ε) of a step and slot differ between the chain's batches of groups (iterations, rounds), so a
+    semi-online chain never replays the previous iteration's draws; the same batch draws the same."""
+    from gpo.train import group_generator
+
+    def draws(batch):
+        return torch.randn(64, generator=group_generator(0, 3, 1, batch))
+
+    assert torch.equal(draws(2), draws(2))
+    assert not torch.equal(draws(1), draws(2)) and not torch.equal(draws(0), draws(1))
