@@ -106,14 +106,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
     ap.add_argument("overrides", nargs="*", help="section.field=value on params/gpo.yaml")
-    ap.add_argument("--data", type=Path, default=DATA, help="a round's groups/ folder (rewards.parquet + images)")
+    ap.add_argument("--base", type=Path, default=None, help="the model trained and checked (default: models.yaml's base)")
+    ap.add_argument("--data", type=Path, default=None, help="a round's groups/ folder (rewards.parquet + images); "
+                    f"default {DATA}, or data/fixed/<base folder name>-round-1/groups with --base")
     ap.add_argument("--members", type=int, default=2, help="seeds per group in the same-seed check")
     ap.add_argument("--out", type=Path, default=Path("data/fixed"))
     ap.add_argument("--control", choices=["winners-sft", "ground-truth-sft"], default=None,
                     help="replace the GPO loss by a control (module docstring)")
     a = ap.parse_intermixed_args()
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
-    base = Path(_load(Path("params"), "models.yaml").base)
+    base = a.base or Path(_load(Path("params"), "models.yaml").base)
+    a.data = a.data or (DATA if a.base is None else Path("data/fixed") / f"{a.base.name}-round-1" / "groups")
     scorers = _ws(Path("params")).scorers()
     if not (a.data / "rewards.parquet").exists():
         base_groups(a.data, base, scorers)
@@ -130,7 +133,8 @@ def main() -> None:
     log = json.loads((folder / "train" / "train_log.json").read_text())
     tail = log[-max(1, len(log) // 4):]  # the last quarter of the steps
     fit = {k: round(sum(r[k] for r in tail) / len(tail), 6) for k in ("loss", "implicit_accuracy", "delta_above", "delta_below")}
-    row = {"name": a.name, "overrides": a.overrides + ([f"--control {a.control}"] if a.control else []), "groups": len(groups), "steps": len(log), "train_s": round(train_s),
+    row = {"name": a.name, "overrides": a.overrides + ([f"--control {a.control}"] if a.control else [])
+           + ([f"--base {a.base}"] if a.base else []), "groups": len(groups), "steps": len(log), "train_s": round(train_s),
            "fit_last_quarter": fit,
            "same_seed": same_seed_check(model, base, table, a.members, scorers, cfg.groups)}
     header = ["| name | overrides | steps | Δ above / below avg (last ¼) | implicit acc | counting reward (same seeds) | "
