@@ -36,6 +36,14 @@ from gpo.prompts import read_prompts  # noqa: E402
 from gpo.study import image_diffs  # noqa: E402
 
 
+def paired_by_count(t: pd.DataFrame, base: pd.DataFrame) -> dict[str, dict]:
+    """Per requested count: the paired difference in exact-count accuracy (same prompt and seed) with its interval."""
+    key = ["prompt", "seed"]
+    j = t[t.task == "counting"].merge(base[base.task == "counting"][key + ["correct"]], on=key, suffixes=("", "_base"))
+    return {str(int(n)): mean_interval((g.correct.astype(float) - g.correct_base.astype(float)).tolist()).as_dict()
+            for n, g in j.groupby("count")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="NAME=PIPELINE_FOLDER; the first is the base")
@@ -65,6 +73,7 @@ def main() -> None:
         if name != base:
             row["paired_with"] = base
             row["paired_vs_base"] = mean_interval(image_diffs(t, tables[base], "counting", "correct")).as_dict()
+            row["paired_by_count"] = paired_by_count(t, tables[base])
         rows.append(row)
         print(row, flush=True)
     stem = "transfer_gap" if a.split == "train" else "heldout_counting_full"
@@ -74,12 +83,14 @@ def main() -> None:
     rows = [r for r in earlier if r["name"] not in tables] + rows
     lines = [f"Counting accuracy on the {len(prompts)} {a.split} prompts × {seeds} seeds, each model paired with "
              "the base named in its row (same prompts and seeds):", "",
-             f"| model | counting acc ({a.split} prompts) [95%] | Δ vs base, points [95%] | by count |", "|---|---|---|---|"]
+             f"| model | counting acc ({a.split} prompts) [95%] | Δ vs base, points [95%] | by count | Δ by count, points [95%] |",
+             "|---|---|---|---|---|"]
     for r in rows:
         delta = f"{points(r['paired_vs_base'])} vs {r.get('paired_with', base)}" if "paired_vs_base" in r else "–"
         iv = r.get("interval")  # rows written before intervals were recorded have none
         ci = f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else ""
-        lines.append(f"| {r['name']} | {r[f'{a.split}_prompts_counting']:.3f}{ci} | {delta} | {r['by_count']} |")
+        by = " ".join(f"{k}: {points(v)}" for k, v in r.get("paired_by_count", {}).items()) or "–"
+        lines.append(f"| {r['name']} | {r[f'{a.split}_prompts_counting']:.3f}{ci} | {delta} | {r['by_count']} | {by} |")
     write_results(stem, rows, lines)
 
 
