@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from gpo import params as P
 from gpo.evaluate import Scorers
 from gpo.model.adapters import load_any
-from gpo.round import RoundDir, step_generate, step_score, step_train
+from gpo.round import RoundDir, batch_index, step_generate, step_score, step_train
 from gpo.stages import Workspace
 from tests.faults_workspace import kill_when, make_workspace, ok, round0, run, snapshot, start
 from tests.test_round import Brightness
@@ -37,10 +37,10 @@ def _scored_round(tmp_path):
 
 
 def _reference_training(tmp_path, ws, rd):
-    """The same train step, uninterrupted, on a copy of the scored round."""
+    """The same train step, uninterrupted, on a copy of the scored round (round 1's batch of groups, as the stage)."""
     ref = RoundDir(tmp_path / "reference")
     shutil.copytree(rd.groups, ref.groups)
-    step_train(ws / "base", ref, TRAIN_CFG, progress=False)
+    step_train(ws / "base", ref, TRAIN_CFG, progress=False, chain_batch=batch_index(1, 1, TRAIN_CFG.groups.iterations))
     return ref
 
 
