@@ -100,7 +100,7 @@ def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
     """One group step as train_gpo takes it, under the Accelerator of train.mixed_precision (no or bf16)."""
     acc = make_accelerator(p.model_copy(update={"mixed_precision": "bf16" if precision.startswith("bf16") else "no"}))
     policy, reference = _variant(pipe, ref, precision)
-    restore = fp32_attention_under_grad(policy) if precision == "bf16-attn32" else (lambda: None)
+    restore = fp32_attention_under_grad(policy, enabled=precision == "bf16-attn32")
     policy.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     group_step(pipe, policy, reference, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)

@@ -1,9 +1,8 @@
 """Does what GPO learns on the train prompts reach the held-out ones? The transfer gap of issue #13.
 
 Evaluates models on the *train* counting prompts (relabelled so that gpo/calibrate.py's held-out
-evaluation draws them, with its seeds) and reads their held-out counting from their existing quick
-evaluations: if a fine-tune gains on the prompts it trained on and not on the held-out combinations,
-the block is transfer, not learning.
+evaluation draws them, with its seeds), paired with a base: if a fine-tune gains on the prompts it
+trained on and not on the held-out combinations, the block is transfer, not learning.
 
     python benchmarks/transfer_gap.py BASE=PIPELINE NAME=PIPELINE … [--counting-seeds 4]
     python benchmarks/transfer_gap.py BASE=PIPELINE NAME=PIPELINE … --split heldout
@@ -19,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpo_tuning import points, quick_metrics, write_results  # noqa: E402
+from gpo_tuning import points, quick_metrics, upsert_results  # noqa: E402
 
 from gpo.calibrate import evaluate_model  # noqa: E402
 from gpo.cli import _load, _ws  # noqa: E402
@@ -75,24 +73,22 @@ def main() -> None:
             row["paired_vs_base"] = mean_interval(image_diffs(t, tables[base], "counting", "correct")).as_dict()
             row["paired_by_count"] = paired_by_count(t, tables[base])
         rows.append(row)
-        print(row, flush=True)
-    stem = "transfer_gap" if a.split == "train" else "heldout_counting_full"
-    # rows of earlier runs (same prompts and seeds) stay; a model evaluated again replaces its row
-    path = Path(__file__).parent / "results" / f"{stem}.json"
-    earlier = json.loads(path.read_text()) if path.exists() else []
-    rows = [r for r in earlier if r["name"] not in tables] + rows
-    lines = [f"Counting accuracy on the {len(prompts)} {a.split} prompts × {seeds} seeds, each model paired with "
-             "the base named in its row (same prompts and seeds):", "",
-             f"| model | counting acc ({a.split} prompts) [95%] | Δ vs base, points [95%] | by count | Δ by count, points [95%] |",
-             "|---|---|---|---|---|"]
-    for r in rows:
+    header = [f"Counting accuracy on the {len(prompts)} {a.split} prompts × {seeds} seeds, each model paired with "
+              "the base named in its row (same prompts and seeds):", "",
+              f"| model | counting acc ({a.split} prompts) [95%] | Δ vs base, points [95%] | by count | Δ by count, points [95%] |",
+              "|---|---|---|---|---|"]
+
+    def render(r: dict) -> str:
         delta = f"{points(r['paired_vs_base'])} vs {r.get('paired_with', base)}" if "paired_vs_base" in r else "–"
         iv = r.get("interval")  # rows written before intervals were recorded have none
         ci = f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv else ""
         by = " ".join(f"{k}: {points(v)}" for k, v in r.get("paired_by_count", {}).items()) or "–"
-        lines.append(f"| {r['name']} | {r[f'{a.split}_prompts_counting']:.3f}{ci} | {delta} | {r['by_count']} | {by} |")
-    write_results(stem, rows, lines)
+        acc = " ".join(f"{k}: {v}" for k, v in r["by_count"].items())  # keys are str once read back from JSON
+        return f"| {r['name']} | {r[f'{a.split}_prompts_counting']:.3f}{ci} | {delta} | {acc} | {by} |"
 
+    # rows of earlier runs (same prompts and seeds) stay; a model evaluated again replaces its row
+    for row in rows:
+        upsert_results("transfer_gap" if a.split == "train" else "heldout_counting_full", row, header, render)
 
 if __name__ == "__main__":
     main()

@@ -268,7 +268,7 @@ class TrainParams(Strict):
         "CPU, fp16 needs a GPU (gradients loss-scaled; an overflowing step is skipped by the scaler)")
     fp32_attention_on_cpu: bool = Field(True, description="with bf16 on the CPU, attention runs in float32 where "
                                         "a backward follows (the CPU's bf16 attention backward is the slow part: "
-                                        "1.33× fp32's group-steps/s with it, 0.72× without; benchmarks/results/"
+                                        "1.32× fp32's group-steps/s with it, 0.77× without; benchmarks/results/"
                                         "throughput.md); no effect on a GPU or in fp32")
     precompute_prompt_embeds: bool = Field(True, description="encode each prompt of the round once before the "
                                            "loop, then move the text encoders off the accelerator for training "

@@ -335,10 +335,11 @@ def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg
     model = model_in
     for j, part in enumerate(rd.parts, start=1):
         if not (part.model / "model_index.json").exists() or not part.step_file("train").exists():
+            b = batch_index(index, j, rd.iterations)  # picks the prompts and seeds, and seeds the training draws
             if not part.rewards.exists():
-                step_generate(batch_index(index, j, rd.iterations), model, part, prompts, cfg, progress)
+                step_generate(b, model, part, prompts, cfg, progress)
                 step_score(part, scorers)
-            step_train(model, part, cfg, progress, chain_batch=batch_index(index, j, rd.iterations))
+            step_train(model, part, cfg, progress, chain_batch=b)
         model = part.model
     return Improvement(rd.model, rd.all_rewards(), rd.seconds())
 

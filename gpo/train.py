@@ -292,7 +292,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
     policy.train()
     # bf16 on the CPU: attention in float32 where a backward follows (gpo/model/attention.py)
     cpu_bf16 = p.mixed_precision == "bf16" and acc.device.type == "cpu"
-    restore_attention = fp32_attention_under_grad(policy) if cpu_bf16 and p.fp32_attention_on_cpu else (lambda: None)
+    restore_attention = fp32_attention_under_grad(policy, enabled=cpu_bf16 and p.fp32_attention_on_cpu)
     trainable = [q for q in policy.parameters() if q.requires_grad]
     opt = acc.prepare(torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay))
     # EMA of the trainable weights, started at the reference; the round's model is the EMA when on

@@ -217,7 +217,6 @@ def test_exact_weight_shapes_rewards_and_drops_groups_left_without_spread():
     assert [g.prompt for g in only_exact] == ["b"] and only_exact[0].rewards.tolist() == [0.0, 1.0]
 
 
-
 class _Spy:
     """An attention processor that records (grad on, input dtype, autocast on) per call, then runs `inner`."""
 

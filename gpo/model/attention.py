@@ -1,8 +1,8 @@
 """float32 attention under gradients, for bf16 autocast on the CPU.
 
 On this CPU (AVX512-BF16) a bf16 GPO step is slower than a float32 one because the bf16
-scaled-dot-product attention's backward is (benchmarks/results/throughput.md: bf16 0.93 group-steps/s,
-fp32 1.29, bf16 with float32 attention 1.72). `fp32_attention_under_grad` wraps each attention module's
+scaled-dot-product attention's backward is (benchmarks/results/throughput.md: bf16 0.55 group-steps/s,
+fp32 0.71, bf16 with float32 attention 0.94, one run). `fp32_attention_under_grad` wraps each attention module's
 own processor so that it runs with autocast off, on float32 inputs, whenever gradients are on; without
 gradients (the reference's forward, sampling) the processor runs unchanged in bf16.
 """
@@ -28,10 +28,10 @@ class Fp32UnderGrad:
             return self.inner(attn, hidden_states.float(), ehs, *args, **kw)
 
 
-def fp32_attention_under_grad(module: torch.nn.Module) -> Callable[[], None]:
+def fp32_attention_under_grad(module: torch.nn.Module, enabled: bool = True) -> Callable[[], None]:
     """Wrap `module`'s attention processors (see Fp32UnderGrad); returns the function that restores them.
-    A module without diffusers attention processors is left as it is."""
-    procs = dict(getattr(module, "attn_processors", None) or {})
+    Not enabled, or a module without diffusers attention processors: left as it is (the restore is a no-op)."""
+    procs = dict(getattr(module, "attn_processors", None) or {}) if enabled else {}
     if not procs:
         return lambda: None
     module.set_attn_processor({name: Fp32UnderGrad(p) for name, p in procs.items()})
