@@ -10,6 +10,7 @@ the folder before and writes the manifest after, once every rank is done.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -29,19 +30,30 @@ from gpo.prompts import Prompt
 from gpo.resume import digest, resume_or_reset, weights_digest
 
 
-def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int) -> list[Prompt]:
-    """`n` train prompts for a batch of groups, half counting and half text where both exist, seeded by the
-    batch index. Counting prompts are spread evenly over the requested counts (a small batch of random
-    prompts drifts, e.g. toward "draw fewer", when it happens to hold mostly large counts)."""
+def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int, text_share: float = 0.5) -> list[Prompt]:
+    """`n` train prompts for a batch of groups, seeded by the batch index: `text_share` of them text prompts
+    (floored, at least one while the share is above 0 and n >= 2), the rest counting, where both exist.
+    Counting prompts are spread evenly over the requested counts (a small batch of random prompts drifts,
+    e.g. toward "draw fewer", when it happens to hold mostly large counts)."""
     rng = random.Random(seed * 7919 + round_index)
     by_task = {t: [p for p in prompts if p.task == t and p.split == "train"] for t in ("counting", "text")}
-    tasks = [t for t, ps in by_task.items() if ps]
+    want = {"counting": n, "text": n} if not all(by_task.values()) else split_tasks(n, text_share)
     chosen: list[Prompt] = []
-    for i, task in enumerate(tasks):
-        k = n // len(tasks) + (1 if i < n % len(tasks) else 0)
-        pool = by_task[task]
-        chosen += balanced_sample(pool, min(k, len(pool)), rng) if task == "counting" else rng.sample(pool, min(k, len(pool)))
+    for task, pool in by_task.items():
+        k = min(want[task], len(pool))
+        if pool and k:
+            chosen += balanced_sample(pool, k, rng) if task == "counting" else rng.sample(pool, k)
     return chosen
+
+
+def split_tasks(n: int, text_share: float) -> dict[str, int]:
+    """How many of `n` prompts are text and how many counting: floor(n·share) text (1e-9 absorbs float error,
+    e.g. 25 × 0.2), but each task whose share is above 0 gets one prompt at least while n >= 2."""
+    text = math.floor(n * text_share + 1e-9)
+    if n >= 2:
+        text = max(text, 1) if text_share > 0 else text
+        text = min(text, n - 1) if text_share < 1 else text
+    return {"counting": n - text, "text": text}
 
 
 def balanced_sample(pool: list[Prompt], k: int, rng: random.Random) -> list[Prompt]:

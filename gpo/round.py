@@ -198,7 +198,7 @@ def step_generate(index: int, start_model: Path, rd: RoundDir, prompts: list[Pro
     """G images per chosen train prompt from the start model; resumable (images on disk are kept)."""
     t0 = time.time()
     pipe = load_any(start_model, family)
-    chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed)
+    chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed, cfg.groups.text_share)
     table = generate_groups(pipe, chosen, cfg.groups, index, rd.groups, progress)
     _timed(rd, "generate", t0, start_model=portable(start_model), images=len(table))
     return table
@@ -393,9 +393,10 @@ def rounds_markdown(rows: list[dict]) -> str:
     """The per-round table. The second opinion (gpo/rewards/second_opinion.py) stands beside the reward
     models; `flag` names a round whose reward-model gain the second opinion does not match (never promoted)."""
     lines = ["| round | counting acc (held-out) | OCR mean reward (held-out) | OCR exact | unseen words: OCR reward | "
+             "unseen words: OCR exact | "
              "second opinion: counting acc | second opinion: OCR reward | "
              "generate s | score s | train s | evaluate s | champion | flag |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, s = r["metrics"], r["seconds"]
 
@@ -409,7 +410,7 @@ def rounds_markdown(rows: list[dict]) -> str:
         flag = ("reward-model gain not matched by the second opinion: " + ", ".join(d.get("unmatched") or [])
                 if d.get("flagged") else "")
         lines.append(f"| {r['round']} | {ci('counting_heldout_accuracy')} | {ci('text_heldout_mean_reward')} | "
-                     f"{ci('text_heldout_accuracy')} | {ci('text_heldout_words_mean_reward')} | "
+                     f"{ci('text_heldout_accuracy')} | {ci('text_heldout_words_mean_reward')} | {ci('text_heldout_words_accuracy')} | "
                      f"{ci('second_counting_heldout_accuracy')} | {ci('second_text_heldout_mean_reward')} | "
                      f"{sec('generate')} | {sec('score')} | {sec('train')} | {sec('evaluate')} | "
                      f"{'yes' if r['champion'] else ''} | {flag} |")
@@ -436,16 +437,17 @@ def write_report(folder: Path, out: Path) -> str:
     atomic_write_text(out / "rounds.md", md)
     champ = max((r for r in rows if r["champion"]), key=lambda r: r["round"])
     pick = ("counting_heldout_accuracy", "text_heldout_mean_reward", "text_heldout_accuracy",
-            "text_heldout_words_mean_reward")
+            "text_heldout_words_mean_reward", "text_heldout_words_accuracy")
     atomic_write_json(out / "rounds.json", {
         "rounds": len(rows) - 1, "champion_round": champ["round"],
-        "champion": {k: champ["metrics"][k] for k in pick + ("headline",)},
-        "base": {k: rows[0]["metrics"][k] for k in pick + ("headline",)},
-        "last": {k: rows[-1]["metrics"][k] for k in pick + ("headline",)}})
+        "champion": {k: champ["metrics"].get(k) for k in pick + ("headline",)},
+        "base": {k: rows[0]["metrics"].get(k) for k in pick + ("headline",)},
+        "last": {k: rows[-1]["metrics"].get(k) for k in pick + ("headline",)}})
     atomic_write_json(out / "rounds_curve.json", [
         {"round": r["round"], "counting_accuracy": r["metrics"]["counting_heldout_accuracy"],
          "ocr_mean_reward": r["metrics"]["text_heldout_mean_reward"],
-         "ocr_exact": r["metrics"]["text_heldout_accuracy"]} for r in rows])
+         "ocr_exact": r["metrics"]["text_heldout_accuracy"],
+         "unseen_words_ocr_exact": r["metrics"].get("text_heldout_words_accuracy")} for r in rows])
     curve, offset = [], 0
     for r in rows[1:]:
         steps = round_dir(Path(folder) / f"round-{r['round']}").train_log()

@@ -147,3 +147,22 @@ def test_a_row_missing_a_field_names_the_row_the_field_and_the_fix(tmp_path, mis
     assert f"prompt row 2 has no {missing} field" in msg and f"{path}:2" in msg and f"field: {missing}" in msg
     assert f'add "{missing}": ' in msg and "gpo prompts" in msg
     assert "__init__" not in msg and "positional argument" not in msg
+
+
+def test_text_share_splits_each_batch_of_prompts():
+    from gpo.groups import pick_prompts, split_tasks
+
+    assert split_tasks(20, 0.5) == {"counting": 10, "text": 10}
+    assert split_tasks(21, 0.5) == {"counting": 11, "text": 10}  # the odd one to counting, as before
+    assert split_tasks(25, 0.2) == {"counting": 20, "text": 5}  # 25 × 0.2 is 5.000000000000001 in floats
+    assert split_tasks(4, 0.1) == {"counting": 3, "text": 1}  # a task with a share keeps one prompt
+    assert split_tasks(4, 0.0) == {"counting": 4, "text": 0}
+    assert split_tasks(4, 1.0) == {"counting": 0, "text": 4}
+    assert split_tasks(4, 0.95) == {"counting": 1, "text": 3}
+    assert split_tasks(1, 0.5) == {"counting": 1, "text": 0}
+    prompts = build_prompts(PromptParams())
+    chosen = pick_prompts(prompts, 25, 3, seed=0, text_share=0.2)
+    assert [p.task for p in chosen].count("text") == 5 and len(chosen) == 25
+    assert all(p.split == "train" for p in chosen)
+    only_counting = [p for p in prompts if p.task == "counting"]
+    assert len(pick_prompts(only_counting, 25, 3, seed=0, text_share=0.2)) == 25  # one task: all to it
