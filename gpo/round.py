@@ -414,6 +414,10 @@ def rounds_markdown(rows: list[dict]) -> str:
                      f"{ci('second_counting_heldout_accuracy')} | {ci('second_text_heldout_mean_reward')} | "
                      f"{sec('generate')} | {sec('score')} | {sec('train')} | {sec('evaluate')} | "
                      f"{'yes' if r['champion'] else ''} | {flag} |")
+    total = {k: sum(r["seconds"].get(k, 0.0) for r in rows) for k in ("generate", "score", "train", "evaluate")}
+    gpo_s = total["generate"] + total["score"] + total["train"]
+    lines += ["", f"GPO compute, all rounds: {gpo_s:.0f} s = {gpo_s / 60:.1f} min (generate {total['generate']:.0f}, "
+              f"score {total['score']:.0f}, train {total['train']:.0f}); held-out evaluation {total['evaluate']:.0f} s"]
     counts = sorted({int(c) for r in rows for c in r.get("by_count", {})})
     if counts:  # a "draw fewer" shift shows here: large counts falling while small ones rise
         lines += ["", "| round | " + " | ".join(f"counting acc, {c} asked" for c in counts) + " |",

@@ -215,6 +215,7 @@ def test_the_round_table_shows_the_second_opinion_and_the_flag():
     assert md[2].startswith("| 0 | 0.500 [0.450, 0.550] |") and md[2].endswith("| yes |  |")
     assert "| 0.700 [0.650, 0.750] |" in md[3] and "| 0.500 [0.450, 0.550] | 0.600 [0.550, 0.650] |" in md[3]
     assert md[3].endswith("|  | reward-model gain not matched by the second opinion: counting/heldout accuracy |")
+    assert "GPO compute, all rounds: 3 s = 0.1 min (generate 0, score 0, train 3); held-out evaluation 0 s" in md
     old = [{"round": 0, "metrics": {k: v for k, v in metrics(0.5, 0.5).items() if not k.startswith("second")},
             "seconds": {}, "champion": True}]  # a record from before the second opinion: blank cells
     assert "| 0.400 [0.350, 0.450] |  |  |" in rounds_markdown(old)
