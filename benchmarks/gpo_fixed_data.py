@@ -57,7 +57,7 @@ def base_groups(folder: Path, base: Path, scorers) -> None:
     prompts = read_prompts(Path("data/prompts.jsonl"))
     cfg = _load(Path("params"), "gpo.yaml")
     n = 2 * sum(p.split == "train" and p.task == "counting" for p in prompts)
-    cfg = cfg.model_copy(update={"groups": cfg.groups.model_copy(update={"prompts_per_round": n})})
+    cfg = cfg.model_copy(update={"groups": cfg.groups.model_copy(update={"prompts_per_round": n, "text_share": 0.5})})
     rd = RoundDir(folder.parent)
     step_generate(1, base, rd, prompts, cfg, progress=False)
     step_score(rd, scorers)

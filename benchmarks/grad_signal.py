@@ -50,7 +50,7 @@ def main() -> None:
     base = Path(_load(Path("params"), "models.yaml").base)
     rd = RoundDir(a.data)
     if not rd.rewards.exists():
-        g = cfg.groups.model_copy(update={"prompts_per_round": a.prompts})
+        g = cfg.groups.model_copy(update={"prompts_per_round": a.prompts, "text_share": 0.5})
         step_generate(1, base, rd, read_prompts(Path("data/prompts.jsonl")), cfg.model_copy(update={"groups": g}), False)
         step_score(rd, _ws(Path("params")).scorers())
     table = pd.read_parquet(rd.rewards)

@@ -30,7 +30,7 @@ from gpo.prompts import Prompt
 from gpo.resume import digest, resume_or_reset, weights_digest
 
 
-def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int, text_share: float = 0.5) -> list[Prompt]:
+def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int, text_share: float) -> list[Prompt]:
     """`n` train prompts for a batch of groups, seeded by the batch index: `text_share` of them text prompts
     (floored, at least one while the share is above 0 and n >= 2), the rest counting, where both exist.
     Counting prompts are spread evenly over the requested counts (a small batch of random prompts drifts,

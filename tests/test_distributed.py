@@ -68,7 +68,7 @@ def worker(out: Path) -> None:
     groups = groups_from_table(table, x0=model_inputs(table, out / "groups", pipe.encode_images))
     result = {"world": state.num_processes, "generate_s": round(gen_s, 2), "n_groups": len(groups)}
     for name, lora in (("full", 0), ("lora", 2)):
-        p = TrainParams(epochs=2, groups_per_step=3, micro_batch=3, lr=1e-3, beta=50.0, threads=1,
+        p = TrainParams(epochs=2, groups_per_step=3, micro_batch=3, lr=1e-3, beta=50.0, threads=1, mixed_precision="no",
                         lora_rank=lora, lora_alpha=4 if lora else 0)
         run = DiffusersBackbone(tiny_sd3())
         t0 = time.time()

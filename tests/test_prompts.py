@@ -115,12 +115,12 @@ def test_round_prompts_spread_counting_evenly_over_counts():
 
     prompts = build_prompts(PromptParams())
     for batch in range(1, 6):
-        chosen = pick_prompts(prompts, 16, batch, seed=0)  # 8 counting prompts over counts 1..6
+        chosen = pick_prompts(prompts, 16, batch, seed=0, text_share=0.5)  # 8 counting prompts over counts 1..6
         counts = Counter(p.count for p in chosen if p.task == "counting")
         assert sum(counts.values()) == 8 and set(counts) == {1, 2, 3, 4, 5, 6} and max(counts.values()) == 2
         assert len({p.text for p in chosen}) == 16 and all(p.split == "train" for p in chosen)
-    assert pick_prompts(prompts, 16, 1, 0) == pick_prompts(prompts, 16, 1, 0)
-    assert pick_prompts(prompts, 16, 1, 0) != pick_prompts(prompts, 16, 2, 0)
+    assert pick_prompts(prompts, 16, 1, 0, 0.5) == pick_prompts(prompts, 16, 1, 0, 0.5)
+    assert pick_prompts(prompts, 16, 1, 0, 0.5) != pick_prompts(prompts, 16, 2, 0, 0.5)
 
 
 def test_balanced_sample_takes_at_most_the_pool():
