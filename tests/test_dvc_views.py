@@ -46,8 +46,9 @@ def _dvc_repo(tmp_path: Path) -> Path:
               "os.makedirs('data/rounds/round-1', exist_ok=True);"
               "json.dump({'headline': b / 10000, 'counting_heldout_accuracy': 0.5, 'text_heldout_accuracy': 0.1}, "
               "open('data/rounds/round-1/metrics.json', 'w'));"
-              "json.dump([{'round': 0, 'counting_accuracy': 0.5, 'ocr_mean_reward': 0.6, 'ocr_exact': 0.1}, "
-              "{'round': 1, 'counting_accuracy': 0.55, 'ocr_mean_reward': b / 10000, 'ocr_exact': 0.12}], "
+              "json.dump([{'round': 0, 'counting_accuracy': 0.5, 'ocr_mean_reward': 0.6, 'ocr_exact': 0.1, "
+              "'unseen_words_ocr_exact': 0.3}, {'round': 1, 'counting_accuracy': 0.55, 'ocr_mean_reward': b / 10000, "
+              "'ocr_exact': 0.12, 'unseen_words_ocr_exact': 0.32}], "
               "open('data/metrics/rounds_curve.json', 'w'))")
     project = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     report = project["stages"]["report"]
