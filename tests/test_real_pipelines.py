@@ -144,7 +144,7 @@ def test_gradient_checkpointing_gives_the_same_gradient(saved, family, lora):
 def test_bf16_autocast_steps_are_finite_and_close_to_float32(saved, tmp_path):
     from gpo.train import make_accelerator
 
-    p = TrainParams(micro_batch=4, beta=50.0)
+    p = TrainParams(micro_batch=4, beta=50.0, mixed_precision="no")  # the float32 reference
     g32, _, _ = _grad_of_one_group(load_any(saved / "sd3"), p, acc=make_accelerator(p))
     bf16 = p.model_copy(update={"mixed_precision": "bf16"})
     g16, s16, _ = _grad_of_one_group(load_any(saved / "sd3"), bf16, acc=make_accelerator(bf16))
@@ -253,7 +253,8 @@ def test_a_gpo_round_through_the_round_steps(saved, tmp_path, family):
 
     prompts = [Prompt(f"{n} red circles", "counting", "train", "circle", "red", n) for n in (1, 2)] + \
               [Prompt(f'"{w}" on a sign', "text", "train", word=w) for w in ("CAT", "DOG")]
-    cfg = GpoFile(groups=GroupParams(group_size=3, prompts_per_round=4, iterations=1, steps=2, batch_size=12, guidance_scale=2.0),
+    cfg = GpoFile(groups=GroupParams(group_size=3, prompts_per_round=4, iterations=1, steps=2, batch_size=12, guidance_scale=2.0,
+                                      text_share=0.5),
                   train=TrainParams(epochs=1, groups_per_step=2, draws=1, micro_batch=2, lr=1e-3, threads=1))
     out = improve(1, saved / family, tmp_path / "round-1", prompts, cfg, Scorers(_RedShare(), _RedShare()),
                   progress=False)
