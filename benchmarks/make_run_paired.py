@@ -25,6 +25,7 @@ from gpo_tuning import RESULTS, points, write_results  # noqa: E402
 from transfer_gap import paired_by_count  # noqa: E402
 
 from gpo.metrics import mean_interval  # noqa: E402
+from gpo.study import image_diffs  # noqa: E402
 
 # (label, task, split, column) of every paired difference in a row
 DELTAS = [("counting", "counting", "heldout", "correct"), ("OCR exact", "text", "heldout", "correct"),
@@ -32,20 +33,10 @@ DELTAS = [("counting", "counting", "heldout", "correct"), ("OCR exact", "text", 
           ("unseen words reward", "text", "heldout_words", "reward")]
 
 
-def diffs(a: pd.DataFrame, b: pd.DataFrame, task: str, split: str, column: str) -> list[float]:
-    """a − b of `column` on the (prompt, seed) images of one task and split that both tables hold, scored ones only."""
-    def values(t):
-        t = t[(t.task == task) & (t.split == split) & t[column].notna()]
-        return t.set_index(["prompt", "seed"])[column].astype(float)
-    x, y = values(a), values(b)
-    both = x.index.intersection(y.index)
-    return (x.loc[both] - y.loc[both]).tolist()
-
-
 def compare(name: str, rnd: int, table: pd.DataFrame, base: pd.DataFrame) -> dict:
     row = {"name": name, "round": rnd}
     for label, task, split, column in DELTAS:
-        d = diffs(table, base, task, split, column)
+        d = [v for v in image_diffs(table, base, task, column, split) if v == v]  # failed images: NaN, left out
         row[label] = {**mean_interval(d).as_dict(), "n": len(d)} if d else None
     row["by_count"] = paired_by_count(table[table.split == "heldout"], base[base.split == "heldout"])
     return row

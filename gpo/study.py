@@ -99,14 +99,14 @@ def groups_tensor(rewards: pd.DataFrame, task: str | None = None) -> torch.Tenso
     return torch.from_numpy(np.stack(rows).astype("float64")) if rows else torch.zeros(0, 0, dtype=torch.float64)
 
 
-def heldout_values(t: pd.DataFrame, task: str, column: str) -> pd.Series:
-    """One task's held-out `column` per image, indexed by (prompt, seed): what paired comparisons align on."""
-    return t[(t.task == task) & (t.split == "heldout")].set_index(["prompt", "seed"])[column].astype(float)
+def heldout_values(t: pd.DataFrame, task: str, column: str, split: str = "heldout") -> pd.Series:
+    """One task's `column` per image of a held-out split, indexed by (prompt, seed): what paired comparisons align on."""
+    return t[(t.task == task) & (t.split == split)].set_index(["prompt", "seed"])[column].astype(float)
 
 
-def image_diffs(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str) -> list[float]:
+def image_diffs(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str, split: str = "heldout") -> list[float]:
     """Per-image differences a − b of `column` on the (prompt, seed) images both hold, one task's held-out split."""
-    x, y = heldout_values(a, task, column), heldout_values(b, task, column)
+    x, y = heldout_values(a, task, column, split), heldout_values(b, task, column, split)
     both = x.index.intersection(y.index)
     return (x.loc[both] - y.loc[both]).tolist()
 
