@@ -77,28 +77,39 @@ def reading_on(chosen, images, sp, radius: float, step: float) -> dict:
 
 
 def fill_valleys(folder: Path, name: str, prompts_file: Path, s: so.CountSettings) -> dict:
-    """Where the shape-class boundaries come from: the soft box fill of every object (area ≥ 15 px) the
-    counting method finds in a model's generated counting images is trimodal (triangles ~0.58, circles
-    ~0.74, squares ~0.90); the boundaries sit at the histogram's two valleys. No label and no reward
-    model is used (the ground truth's classes are separated anywhere in 0.66-0.76 and 0.79-0.96)."""
+    """Where the shape-class boundaries come from, with no label and no reward model: the soft box fill of
+    every object (area ≥ 15 px) the counting method finds in a model's generated counting images has a
+    valley between triangles (~0.58) and the rest; among the rest, the box corners' coverage (over the
+    object's own) has a valley between circles (~0.03) and squares (~0.7). The fill's second valley
+    (circles ~0.77 | squares ~0.94) moves when a model draws its shapes softer; the corners' does not
+    (docs/second_opinion.md). Rendered ground truth is separated anywhere in 0.66-0.76 (fill)."""
     table = pd.read_parquet(folder / f"{name}_scores.parquet")
     by_text = {p.text: p for p in read_prompts(prompts_file)}
-    fills = []
+    found = []
     for i, r in zip(table.index, table.itertuples()):
         if r.task != "counting":
             continue
         im = Image.open(folder / f"{name}_images" / f"{i:05d}-{r.seed}.png")
-        fills += [b.fill for b in so.blobs(im, s, so.COLORS.get(by_text[r.prompt].color or "")) if b.area >= 15]
-    edges = np.round(np.arange(0.40, 1.0001, 0.02), 2)
-    hist, _ = np.histogram(fills, bins=edges)
-    centres = (edges[:-1] + edges[1:]) / 2
+        found += [b for b in so.blobs(im, s, so.COLORS.get(by_text[r.prompt].color or "")) if b.area >= 15]
 
-    def valley(lo, hi):
+    def valley(values, lo, hi, start, stop, step):
+        edges = np.round(np.arange(start, stop + 1e-4, step), 2)
+        hist, _ = np.histogram(values, bins=edges)
+        centres = (edges[:-1] + edges[1:]) / 2
         m = (centres > lo) & (centres < hi)
-        return round(float(centres[m][hist[m].argmin()]), 2)
+        return round(float(centres[m][hist[m].argmin()]), 2), {f"{a:.2f}": int(n) for a, n in zip(edges[:-1], hist)}
 
-    return {"objects": len(fills), "histogram": {f"{a:.2f}": int(n) for a, n in zip(edges[:-1], hist)},
-            "valley_triangle_circle": valley(0.62, 0.76), "valley_circle_square": valley(0.76, 0.90)}
+    tri, fill_hist = valley([b.fill for b in found], 0.62, 0.76, 0.40, 1.0, 0.02)
+    sq, corner_hist = valley([b.corner for b in found if b.fill >= s.circle_fill], 0.1, 0.6, 0.0, 1.2, 0.05)
+    return {"objects": len(found), "histogram": fill_hist, "corner_histogram": corner_hist,
+            "valley_triangle_circle": tri, "valley_circle_square_corner": sq}
+
+
+def ground_truth_corners(chosen, images, s: so.CountSettings) -> dict:
+    """The corner feature on rendered shapes: the largest a circle reaches, the smallest a square does."""
+    found = [(p.cls, b) for p, im in zip(chosen, images) for b in so.blobs(im, s, so.COLORS.get(p.color or ""))]
+    return {"circle_max": round(max(b.corner for c, b in found if c == "circle"), 3),
+            "square_min": round(min(b.corner for c, b in found if c == "square"), 3)}
 
 
 def variant_agreement(folder: Path, name: str, prompts_file: Path, variants: dict) -> dict:
@@ -131,7 +142,8 @@ def judged(folder: Path, name: str, prompts_file: Path, sp) -> tuple[pd.DataFram
 
 def summary_of(table: pd.DataFrame) -> dict:
     """gpo.evaluate.summarize of a judged table (the second opinion under second/<task>/<split>)."""
-    t = table.rename(columns={"s_raw": "second_raw", "s_reward": "second_reward", "s_correct": "second_correct"})
+    t = table.drop(columns=[c for c in table.columns if c.startswith("second_")])  # the evaluation's own
+    t = t.rename(columns={"s_raw": "second_raw", "s_reward": "second_reward", "s_correct": "second_correct"})
     return summarize(t.assign(second_error=None))
 
 
@@ -208,11 +220,15 @@ def markdown(r: dict) -> str:
          "| counting variant | exact-count accuracy [95% CI] | ms / image |", "|---|---|---|"]
     for name, v in r["choice"]["counting"].items():
         L.append(f"| {name} | {ci(v['accuracy'])} | {v['ms_per_image']} |")
-    fv = r["choice"]["fill_valleys"]
-    L += ["", f"Shape boundaries: the soft box fill of the {fv['objects']} objects found in `{r['choice']['fill_from']}` "
-          f"has its valleys at {fv['valley_triangle_circle']} (triangle | circle) and {fv['valley_circle_square']} "
-          "(circle | square); the defaults sit there (no labels, no reward model used). Rendered ground truth is "
-          "separated anywhere in 0.66–0.76 and 0.79–0.96, so the ground truth alone cannot choose them.", "",
+    fv, gc = r["choice"]["fill_valleys"], r["choice"]["ground_truth_corners"]
+    base = so.CountSettings(**r["settings"]["counting"])
+    L += ["", f"Shape boundaries, from the {fv['objects']} objects found in `{r['choice']['fill_from']}` (no labels, "
+          f"no reward model used): the soft box fill has its valley at {fv['valley_triangle_circle']} (triangle | "
+          f"the rest); among the rest, the box corners' coverage has its valley at "
+          f"{fv['valley_circle_square_corner']} (circle | square). Rendered ground truth is separated anywhere in "
+          f"0.66–0.76 (fill); rendered circles reach a corner coverage of {gc['circle_max']} (the small ones' "
+          f"anti-aliased corners) and rendered squares start at {gc['square_min']}, so the corner boundary "
+          f"({base.square_corner}) sits above the valley, between the two.", "",
           "The same variants on those generated images (for information; not what chose them):", "",
           "| counting variant | accuracy on generated images | agrees with YOLO (right/wrong) |", "|---|---|---|"]
     for name, v in r["choice"]["on_generated"].items():
@@ -295,11 +311,13 @@ def main() -> None:
     tc, ti = rendered(prompts, "text", {"train"}, a.choice_n, 123, sp)
     base = so.CountSettings()
     counting_variants = {
-        f"default (threshold {base.threshold}, watershed split, fill {base.circle_fill}/{base.square_fill})": base,
+        f"default (threshold {base.threshold}, watershed split, fill {base.circle_fill}, corners {base.square_corner})": base,
         "threshold 0.5": replace(base, threshold=0.5),
         "threshold 0.4": replace(base, threshold=0.4),
         "no watershed split": replace(base, split=False),
-        "fill boundaries at the ground truth's midpoints (0.71 / 0.88)": replace(base, circle_fill=0.71, square_fill=0.88),
+        "fill boundary at the ground truth's midpoint (0.71)": replace(base, circle_fill=0.71),
+        "corner boundary 0.3 (the generated images' valley)": replace(base, square_corner=0.3),
+        "corner boundary 0.5": replace(base, square_corner=0.5),
     }
     reading_variants = {"default: ±1 px in 0.25 px": (1.0, 0.25), "±1 px in 0.5 px": (1.0, 0.5),
                         "±2 px in whole pixels": (2.0, 1.0)}
@@ -319,6 +337,7 @@ def main() -> None:
               "reading": {k: reading_on(tc, ti, sp, *v) for k, v in reading_variants.items()},
               "fill_from": str(f0.relative_to(ROOT) if f0.is_relative_to(ROOT) else f0),
               "fill_valleys": fill_valleys(f0, n0, a.prompts, base),
+              "ground_truth_corners": ground_truth_corners(cc, ci_, base),
               "on_generated": variant_agreement(f0, n0, a.prompts, counting_variants)}
     print("choice done", flush=True)
 

@@ -6,10 +6,13 @@ its headline gain exceeds z standard errors of the difference of two independent
 
 The reward-hacking guard: where both summaries carry the second opinion (gpo/rewards/second_opinion.py,
 summary keys second/<task>/<split>), each headline part's reward-model gain must be matched by the
-second opinion's gain on the same part. A part whose reward-model gain exceeds the second opinion's by
-more than GUARD_Z standard errors of that gap (the four intervals' SEs combined as independent:
-conservative, a gap inside the evaluations' noise is never flagged) flags the round, and a flagged round
-is never promoted, however large its headline gain. GUARD_Z is the guard's own: promotion.z says how
+second opinion's gain on the same part. A part flags the round when the reward model reports a gain on
+it (beyond GUARD_Z standard errors of its own two intervals: no gain, nothing to leave unmatched) and that
+gain exceeds the second opinion's by more than GUARD_Z standard errors of the gap (the four intervals'
+SEs combined as independent: conservative, a gap inside the evaluations' noise is never flagged). A
+flagged round is never promoted, however large its headline gain. Near a ceiling (text at 0.99) the
+intervals are so narrow that two scorers differ by more than a gap's SE on noise alone; the first rule
+keeps that from flagging a round whose reward model sees no gain there (docs/second_opinion.md). GUARD_Z is the guard's own: promotion.z says how
 eager promotion is (z = 0 promotes any gain), not how sure a disagreement must be before it is called
 one.
 """
@@ -49,10 +52,11 @@ class Check:
     reward_gain: float
     second_gain: float
     threshold: float  # guard z · SE of (reward_gain − second_gain)
+    gain_threshold: float = 0.0  # guard z · SE of reward_gain: below it the reward model reports no gain
 
     @property
     def unmatched(self) -> bool:
-        return self.reward_gain - self.second_gain > self.threshold
+        return self.reward_gain > self.gain_threshold and self.reward_gain - self.second_gain > self.threshold
 
 
 def second_opinion_checks(new: dict, champion: dict, z: float = GUARD_Z) -> list[Check] | None:
@@ -65,8 +69,9 @@ def second_opinion_checks(new: dict, champion: dict, z: float = GUARD_Z) -> list
         rm_new, rm_old = new[key][metric], champion[key][metric]
         so_new, so_old = new[SECOND + key][metric], champion[SECOND + key][metric]
         se = math.sqrt(sum(_se(e) ** 2 for e in (rm_new, rm_old, so_new, so_old)))
+        gain_se = math.sqrt(_se(rm_new) ** 2 + _se(rm_old) ** 2)
         checks.append(Check(f"{key} {metric}", rm_new["value"] - rm_old["value"],
-                            so_new["value"] - so_old["value"], z * se))
+                            so_new["value"] - so_old["value"], z * se, z * gain_se))
     return checks
 
 

@@ -16,7 +16,7 @@ from gpo.params import WorldParams
 from gpo.promotion import decide
 from gpo.prompts import Prompt
 from gpo.rewards.arith import Score, counting_score, ocr_score
-from gpo.rewards.second_opinion import SecondOpinion, count, judgeable, read
+from gpo.rewards.second_opinion import SecondOpinion, blobs, count, judgeable, read
 from gpo.world.dataset import build_prompts, spec
 from gpo.world.render import COLORS, render, render_counting
 
@@ -40,6 +40,32 @@ def test_counts_rendered_shapes_of_every_class_and_count():
     im = render(sq, 11, SPEC).image
     assert count(im, "square", color="red") == 3 and count(im, "circle", color="red") == 0
     assert count(Image.new("RGB", (32, 32), (230, 228, 240)), "circle", color="blue") == 0  # empty: nothing
+
+
+def superellipses(p: float, centres, r: float, k: int = 4, bg=(230, 228, 240), color=COLORS["red"]) -> Image.Image:
+    """Shapes |x/r|^p + |y/r|^p ≤ 1 drawn at k× and box-filtered like the renderer: p = 2 a circle, larger p
+    boxier (p = 2.5 fills 0.85 of its box, as the circles of the first flagged GPO round did), ∞ a square."""
+    n = 32 * k
+    yy, xx = (np.mgrid[0:n, 0:n] + 0.5) / k
+    mask = np.zeros((n, n), bool)
+    for cy, cx in centres:
+        mask |= (np.abs((xx - cx) / r) ** p + np.abs((yy - cy) / r) ** p) <= 1
+    a = mask.reshape(32, k, 32, k).mean(axis=(1, 3))[..., None]
+    return Image.fromarray(((1 - a) * np.array(bg, float) + a * np.array(color, float)).round().astype(np.uint8))
+
+
+def test_boxier_softer_circles_stay_circles_and_blurred_squares_stay_squares():
+    centres = [(8, 8), (8, 22), (22, 15)]
+    boxy = superellipses(2.5, centres, 4.0)
+    found = blobs(boxy, color=COLORS["red"])
+    # their box fill is past the fill boundary the second opinion used to split circles from squares (0.81)
+    assert len(found) == 3 and all(b.fill > 0.83 for b in found)
+    assert count(boxy, "circle", color="red") == 3 and count(boxy, "square", color="red") == 0
+    assert count(superellipses(8.0, centres, 4.0), "square", color="red") == 3  # nearly square: squares
+    sq = Prompt(text="three red squares", task="counting", split="heldout", cls="square", color="red", count=3)
+    soft = Image.fromarray(ndimage.gaussian_filter(np.asarray(render(sq, 11, SPEC).image, float), (0.7, 0.7, 0))
+                           .round().astype(np.uint8))
+    assert count(soft, "square", color="red") == 3 and count(soft, "circle", color="red") == 0
 
 
 def test_reads_rendered_words_letter_by_letter_including_words_outside_the_vocabulary():

@@ -6,8 +6,10 @@ count and to spell. This scorer is never trained on (it scores held-out images o
 
 - counting: the background colour is estimated from the image's border, pixels far from it are the
   foreground, 4-connected components of the foreground are the objects (blobs that are too large for
-  one object are split by watershed on the distance transform), and each object is classed as a square,
-  circle or triangle by how much of its bounding box it fills (1, π/4, 1/2 for the ideal shapes);
+  one object are split by watershed on the distance transform), and each object is classed as a
+  triangle by how little of its bounding box it fills (1/2 for the ideal triangle, π/4 for a circle, 1 for
+  a square), else as a square or a circle by whether the corners of its box are inside it (a square's are,
+  a circle's are not: unlike the fill, this does not drift when a model draws its shapes softer);
 - text: normalised cross-correlation of the image, at sub-pixel shifts (±1 px in quarter pixels), with every string of the word's
   length drawn by the world's own renderer (`gpo.world.render.render_text`, DejaVu Sans Bold, the
   same size rule): the reading is the best-matching string, so it can be any letters, not only the
@@ -60,8 +62,11 @@ class CountSettings:
     min_area: int = 6  # smaller components are noise, not objects (a 6 px shape covers ~ 25 px)
     ref_distance: float = 180.0  # the shape's colour distance when the prompt names no world colour
     split: bool = True  # split components too large for one object (watershed on the distance transform)
-    square_fill: float = 0.81  # bounding-box fill ≥ this: square; ≥ circle_fill: circle; below: triangle
-    circle_fill: float = 0.69
+    circle_fill: float = 0.69  # bounding-box fill below this: triangle; else square or circle by the corners
+    # the box corners' mean coverage over the object's median coverage ≥ this: square, else circle (generated
+    # circles ~0.03, squares ~0.75, base and fine-tunes alike; rendered circles ≤ 0.375, the small ones'
+    # anti-aliased corners, rendered squares ≥ 0.56: benchmarks/results/second_opinion.md)
+    square_corner: float = 0.4
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Blob:
     shape: str
     area: int
     fill: float
+    corner: float  # coverage at the box corners over the object's median coverage (square ≈ 1, circle ≈ 0)
     box: tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive)
 
 
@@ -94,8 +100,17 @@ def foreground(arr: np.ndarray, s: CountSettings, color: tuple[int, int, int] | 
     return np.clip(dist / max(ref, 1.0), 0.0, 1.0)
 
 
-def _shape(fill: float, s: CountSettings) -> str:
-    return "square" if fill >= s.square_fill else "circle" if fill >= s.circle_fill else "triangle"
+def _shape(fill: float, corner: float, s: CountSettings) -> str:
+    if fill < s.circle_fill:
+        return "triangle"
+    return "square" if corner >= s.square_corner else "circle"
+
+
+def _corner(soft: np.ndarray, comp: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Mean soft coverage at the four corner pixels of the component's box, over its median coverage."""
+    y0, x0, y1, x1 = box
+    corners = soft[[y0, y0, y1 - 1, y1 - 1], [x0, x1 - 1, x0, x1 - 1]]
+    return float(corners.mean() / max(float(np.median(soft[comp])), 1e-3))
 
 
 def _split(mask: np.ndarray) -> list[np.ndarray]:
@@ -139,8 +154,9 @@ def blobs(image: Image.Image, s: CountSettings = CountSettings(),
         region = soft * (ndimage.binary_dilation(comp) & ~(taken & ~comp))
         width, height = region.max(axis=0).sum(), region.max(axis=1).sum()
         fill = float(region.sum() / max(width * height, 1e-6))
-        out.append(Blob(_shape(fill, s), int(len(ys)), fill,
-                        (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)))
+        box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+        corner = _corner(soft, comp, box)
+        out.append(Blob(_shape(fill, corner, s), int(len(ys)), fill, corner, box))
     return out
 
 
