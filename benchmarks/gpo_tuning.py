@@ -7,6 +7,7 @@ the same prompts and seeds (read from data/calibration/base_scores.parquet, or -
 The on-policy mean reward of every round's own group images, per task, is the free learning curve.
 
     python benchmarks/gpo_tuning.py NAME --rounds 3 train.lr=1e-4 train.epochs=8 groups.prompts_per_round=60
+    python benchmarks/gpo_tuning.py NAME --pair-only   # add the paired counting delta to a finished row
 
 Appends one row to benchmarks/results/gpo_tuning.json and rewrites gpo_tuning.md.
 """
@@ -104,6 +105,28 @@ def points(d: dict) -> str:
     return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
+def paired_counting(final: pd.DataFrame, base: pd.DataFrame) -> dict:
+    """Held-out counting accuracy, final − base on the same (prompt, seed) images, with its 95% interval."""
+    from gpo.study import paired_delta
+
+    as_float = lambda t: t.assign(correct=t["correct"].astype(float))  # noqa: E731
+    return {k: round(v, 4) if isinstance(v, float) else v
+            for k, v in paired_delta(as_float(final), as_float(base), "counting", "correct").items()}
+
+
+HEADER = ["| name | overrides | rounds | GPO s | counting acc base → final | paired Δ counting | OCR reward base → final | "
+          "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|---|"]
+
+
+def render(r: dict) -> str:
+    b, f = r["base"], r["final"]
+    pc = r.get("paired_counting")
+    return (f"| {r['name']} | {' '.join(r['overrides'])} | {r['rounds']} | {r['gpo_seconds']} | "
+            f"{b['counting_acc']:.3f} → {f['counting_acc']:.3f} (n {f['n_counting']}) | "
+            f"{points(pc) if pc else ''} | {b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | "
+            f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {f['counting_by_count']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
@@ -113,7 +136,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("data/tuning"))
     ap.add_argument("--task", choices=["counting", "text"], default=None,
                     help="train on one task's prompts only (diagnostic: do the tasks interfere?)")
+    ap.add_argument("--pair-only", action="store_true",
+                    help="only add the paired counting delta to the finished row NAME (from OUT/NAME/eval)")
     a = ap.parse_intermixed_args()
+    if a.pair_only:
+        rows = json.loads((RESULTS / "gpo_tuning.json").read_text())
+        row = next(r for r in rows if r["name"] == a.name)
+        e = quick_eval(a)
+        row["paired_counting"] = paired_counting(pd.read_parquet(a.out / a.name / "eval" / "final_scores.parquet"),
+                                                 quick_base(a, e.seed_offset))
+        upsert_results("gpo_tuning", row, HEADER, render)
+        return
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
     e = quick_eval(a)
     prompts = read_prompts(Path("data/prompts.jsonl"))
@@ -137,17 +170,9 @@ def main() -> None:
            + ([f"--base {a.base}"] if a.base else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
            "train_reward_curve": curve, "base": quick_metrics(quick_base(a, e.seed_offset)), "final": final}
-    header = ["| name | overrides | rounds | GPO s | counting acc base → final | OCR reward base → final | "
-              "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|"]
-
-    def render(r: dict) -> str:
-        b, f = r["base"], r["final"]
-        return (f"| {r['name']} | {' '.join(r['overrides'])} | {r['rounds']} | {r['gpo_seconds']} | "
-                f"{b['counting_acc']:.3f} → {f['counting_acc']:.3f} (n {f['n_counting']}) | "
-                f"{b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | "
-                f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {f['counting_by_count']} |")
-
-    upsert_results("gpo_tuning", row, header, render)
+    row["paired_counting"] = paired_counting(pd.read_parquet(folder / "eval" / "final_scores.parquet"),
+                                             quick_base(a, e.seed_offset))
+    upsert_results("gpo_tuning", row, HEADER, render)
 
 
 if __name__ == "__main__":

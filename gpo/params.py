@@ -220,9 +220,10 @@ class GroupParams(SamplingParams):
                               "words, so their groups rarely have spread and counting gets the budget)")
     iterations: int = Field(17, ge=1, description="semi-online: generate → score → train this many times per round, "
                             "each iteration on fresh prompts from the previous one's weights (1 = offline: one "
-                            "batch of groups a round); evaluation and promotion stay once per round (17: two rounds "
-                            "fit 30 GPO minutes at about 50 s an iteration with K = 2; 2 × 14 chained gained +18.5 "
-                            "[+13.1, +24.0] points of held-out counting in 23 min: benchmarks/results/gpo_tuning.md K2_it14x2)")
+                            "batch of groups a round); evaluation and promotion stay once per round (17: two rounds, "
+                            "34 iterations at K = 2, took 24.3 GPO minutes, about 43 s an iteration, and gained +20.4 "
+                            "[+14.8, +25.9] points of held-out counting in the fresh-clone make run: README; 2 × 14 "
+                            "gained +18.5 [+13.1, +23.9]: benchmarks/results/gpo_tuning.md K2_it14x2)")
     seed: int = Field(0, description="base seed: image seed = seed + 1_000_000·i + 1000·prompt index + member, "
                       "i = (round − 1)·iterations + iteration (a chain's i-th batch of groups)")
     keep_latents: bool = Field(False, description="VAE pipelines (sd, sdxl, sd3): also save each image's sampled "
@@ -255,8 +256,8 @@ class TrainParams(Strict):
     draws: int = Field(2, ge=1, description="K: (timestep, noise) draws per group per step, each shared by the "
                        "whole group, losses averaged (1 = one draw, the noisiest estimate; DGPO trains 4; with "
                        "noise: seed only the timestep is drawn; dpo-random draws its pair per draw; 2: an iteration "
-                       "trains in about 29 s against 64 s at 4, so twice the iterations fit the budget, and 28 of "
-                       "them gained +18.5 points where 18 at K = 4 gained +7.4 to +16)")
+                       "trained in about 26 s against 64 s at 4 in the fresh-clone make runs, so twice the iterations "
+                       "fit the budget: 34 of them gained +20.4 points, where 18 chained at K = 4 on counting prompts only gained +16.0)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, gt=0, description="max gradient norm")
     epochs: int = Field(4, ge=1, description="passes over the round's groups")

@@ -86,16 +86,21 @@ def test_the_gap_must_exceed_z_standard_errors_of_the_four_intervals():
     assert text.flagged and text.unmatched == ("text/heldout mean_reward",)
 
 
-def test_no_reward_model_gain_nothing_to_flag_even_at_a_ceiling_with_narrow_intervals():
+def test_at_a_ceiling_a_gap_under_the_floor_is_not_flagged_and_a_real_one_still_is():
     # text at 0.99 with ±0.004 intervals: the reward model +0.005, the second opinion −0.006 (the first
-    # make run on the 5,000-step base). The gap 0.011 exceeds its threshold sqrt(4·(0.004/1.96)²)·1.96 =
-    # 0.008, but the reward-model gain 0.005 is inside its own 1.96·sqrt(2)·0.004/1.96 = 0.005657
+    # make run on the 5,000-step base). The gap 0.011 exceeds 1.96 SEs, sqrt(4·(0.004/1.96)²)·1.96 = 0.008,
+    # but not the floor GUARD_FLOOR = 0.02
     champ = with_second(summary(0.5, 0.05, 0.99, 0.004), 0.5, 0.05, 0.99, 0.004)
     ceiling = decide(with_second(summary(0.6, 0.05, 0.995, 0.004), 0.6, 0.05, 0.984, 0.004), champ, 1.0)
     assert not ceiling.flagged and ceiling.promote
-    # the same gap on a reward-model gain beyond its interval (+0.008 vs −0.003) is flagged
-    real = decide(with_second(summary(0.6, 0.05, 0.998, 0.004), 0.6, 0.05, 0.987, 0.004), champ, 1.0)
-    assert real.flagged and real.unmatched == ("text/heldout mean_reward",)
+    # the reward model flat at the ceiling while the second opinion falls to 0.90 (strokes EasyOCR reads
+    # as letters and nothing else does): gap 0.09, flagged, though the reward model shows no gain there
+    hack = decide(with_second(summary(0.6, 0.05, 0.99, 0.004), 0.6, 0.05, 0.90, 0.004), champ, 1.0)
+    assert hack.flagged and not hack.promote and hack.unmatched == ("text/heldout mean_reward",)
+    # a gap just over the floor (+0.015 vs −0.006 = 0.021) is flagged
+    champ = with_second(summary(0.5, 0.05, 0.97, 0.004), 0.5, 0.05, 0.97, 0.004)
+    over = decide(with_second(summary(0.6, 0.05, 0.985, 0.004), 0.6, 0.05, 0.964, 0.004), champ, 1.0)
+    assert over.flagged and "0.0200" in over.reason
 
 
 def test_the_guard_has_its_own_z_at_the_95_percent_intervals_whatever_promotion_z_is():
