@@ -181,6 +181,54 @@ def null_flags(table: pd.DataFrame, z: float, splits: int, seed: int = 0) -> dic
             "promoted": promoted, "largest_gap_over_threshold_p95": round(float(np.percentile(gaps, 95)), 3)}
 
 
+def shape_errors(folder: Path, name: str, prompts_file: Path, s: so.CountSettings) -> dict:
+    """Circle and square objects labelled by the prompt's shape (images whose number of found objects is
+    the number asked; no reward model), and how often each rule puts them in the other class: the corner
+    boundary, and a fill boundary at 0.81 (the rule before 2026-12-06) and at 0.88."""
+    table = pd.read_parquet(folder / f"{name}_scores.parquet")
+    by_text = {p.text: p for p in read_prompts(prompts_file)}
+    found = {"circle": [], "square": []}
+    for i, r in zip(table.index, table.itertuples()):
+        if r.task != "counting" or r.split != "heldout" or r.cls not in found:
+            continue
+        im = Image.open(folder / f"{name}_images" / f"{i:05d}-{r.seed}.png")
+        bl = so.blobs(im, s, so.COLORS.get(by_text[r.prompt].color or ""))
+        if len(bl) == int(r.count):
+            found[r.cls] += [b for b in bl if b.fill >= s.circle_fill]
+    c, q = found["circle"], found["square"]
+    rate = lambda xs, test: round(float(np.mean([test(b) for b in xs])), 4) if xs else None  # noqa: E731
+    return {"circles": len(c), "squares": len(q),
+            "corner_median": {"circle": round(float(np.median([b.corner for b in c])), 3),
+                              "square": round(float(np.median([b.corner for b in q])), 3)},
+            "corner": [rate(c, lambda b: b.corner >= s.square_corner), rate(q, lambda b: b.corner < s.square_corner)],
+            "fill_0.81": [rate(c, lambda b: b.fill >= 0.81), rate(q, lambda b: b.fill < 0.81)],
+            "fill_0.88": [rate(c, lambda b: b.fill >= 0.88), rate(q, lambda b: b.fill < 0.88)]}
+
+
+def blurred_shapes(prompts, sp, s: so.CountSettings, sigmas=(0.5, 0.7, 1.0), n: int = 400, seed: int = 5) -> dict:
+    """Rendered single circles and squares blurred by a Gaussian of σ px (softer than any rendered shape):
+    the share of each put in the other class by the corner rule and by the old fill boundary (0.81)."""
+    from scipy import ndimage
+
+    ones = [p for p in prompts if p.task == "counting" and p.count == 1 and p.cls in ("circle", "square")]
+    out = {}
+    for sigma in sigmas:
+        rng = random.Random(seed)
+        wrong = {"corner": {"circle": [], "square": []}, "fill_0.81": {"circle": [], "square": []}}
+        for _ in range(n):
+            p = rng.choice(ones)
+            arr = ndimage.gaussian_filter(np.asarray(render(p, rng.randrange(2**31), sp).image, float), (sigma, sigma, 0))
+            bl = so.blobs(Image.fromarray(arr.round().astype(np.uint8)), s, so.COLORS.get(p.color or ""))
+            if len(bl) != 1 or bl[0].fill < s.circle_fill:
+                continue
+            b, other = bl[0], "square" if p.cls == "circle" else "circle"
+            wrong["corner"][p.cls].append(b.shape == other)
+            wrong["fill_0.81"][p.cls].append(("square" if b.fill >= 0.81 else "circle") == other)
+        out[str(sigma)] = {rule: {k: round(float(np.mean(v)), 3) if v else None for k, v in d.items()}
+                           for rule, d in wrong.items()}
+    return out
+
+
 def agreement(table: pd.DataFrame, label: str, seconds: float) -> dict:
     """The second opinion on an evaluation's images beside the reward models' scores of them."""
     out = {"table": label, "images": len(table), "seconds": round(seconds, 1)}
@@ -274,6 +322,23 @@ def markdown(r: dict) -> str:
               f"95th percentile of the largest part's gap over its threshold: {n['largest_gap_over_threshold_p95']}. "
               "The smallest gap the guard flags between two evaluations of this size: " +
               ", ".join(f"{k} {v:.3f}" for k, v in n["gap_threshold_at_full_size"].items()) + ".", ""]
+    if r.get("shape_errors"):
+        L += ["### Circles and squares: the corner rule against fill boundaries", "",
+              "Objects labelled by the prompt's shape (images whose number of found objects is the number asked; "
+              "no reward model). Share put in the other class: circles called squares / squares called circles.", "",
+              "| evaluation | circles / squares | corner (median) circle / square | corner rule | fill 0.81 | fill 0.88 |",
+              "|---|---|---|---|---|---|"]
+        for label, e in r["shape_errors"].items():
+            L.append(f"| `{label}` | {e['circles']} / {e['squares']} | {e['corner_median']['circle']} / "
+                     f"{e['corner_median']['square']} | " + " | ".join(f"{e[k][0]:.3f} / {e[k][1]:.3f}" for k in
+                                                                       ("corner", "fill_0.81", "fill_0.88")) + " |")
+        L += ["", "Rendered single circles and squares blurred by a Gaussian of σ px (softer than the renderer "
+              "draws): circles called squares / squares called circles.", "",
+              "| σ | corner rule | fill 0.81 |", "|---|---|---|"]
+        for sigma, e in r["blurred_shapes"].items():
+            L.append(f"| {sigma} | {e['corner']['circle']} / {e['corner']['square']} | "
+                     f"{e['fill_0.81']['circle']} / {e['fill_0.81']['square']} |")
+        L.append("")
     if r.get("guard_against_base"):
         L += ["### 4. The promotion rule and its guard: trained models against the base on the same prompts and seeds", "",
               f"`decide(model, base, z = {next(iter(r['guard_against_base'].values()))['z']})`, guard at {GUARD_Z:.2f} SE "
@@ -316,7 +381,7 @@ def main() -> None:
         "threshold 0.4": replace(base, threshold=0.4),
         "no watershed split": replace(base, split=False),
         "fill boundary at the ground truth's midpoint (0.71)": replace(base, circle_fill=0.71),
-        "corner boundary 0.3 (the generated images' valley)": replace(base, square_corner=0.3),
+        "corner boundary 0.3": replace(base, square_corner=0.3),
         "corner boundary 0.5": replace(base, square_corner=0.5),
     }
     reading_variants = {"default: ±1 px in 0.25 px": (1.0, 0.25), "±1 px in 0.5 px": (1.0, 0.5),
@@ -348,11 +413,12 @@ def main() -> None:
     print("calibration", calibration["counting"]["accuracy"], calibration["text"]["letters"], flush=True)
 
     # 3. agreement on generated images
-    agree, guards, tables = {}, {}, {}
+    agree, guards, tables, shapes = {}, {}, {}, {}
     for spec_, folder, name in located:
         table, seconds = judged(folder, name, a.prompts, sp)
         label = str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder) + f"/{name}_scores.parquet"
         agree[label] = agreement(table, label, seconds)
+        shapes[label] = shape_errors(folder, name, a.prompts, base)
         tables[label] = table
     first = next(iter(tables))
     null = null_flags(tables[first], a.z, a.null_splits)
@@ -364,7 +430,8 @@ def main() -> None:
     report = {"render": {k: v for k, v in world.render.model_dump().items()}, "seed": e.seed_offset,
               "settings": {"counting": base.__dict__, "reading": {"radius": 1.0, "step": 0.25}},
               "template_seconds": template_s, "choice": choice, "calibration": calibration, "agreement": agree,
-              "guard_against_base": guards, "guard_on_identical_models": null}
+              "guard_against_base": guards, "guard_on_identical_models": null,
+              "shape_errors": shapes, "blurred_shapes": blurred_shapes(prompts, sp, base)}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "second_opinion.json", report)
     md = markdown(report)
