@@ -26,16 +26,14 @@ import numpy as np
 from PIL import Image
 
 from gpo.io import atomic_write_json, atomic_write_text
+from gpo.rewards.second_opinion import border_ring
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def border_stats(image: Image.Image, border: int = 2) -> tuple[np.ndarray, float, float]:
     """(median colour, saturation, speckle) of an image's border ring."""
-    a = np.asarray(image.convert("RGB"), np.float32)
-    b = border
-    ring = np.concatenate([a[:b].reshape(-1, 3), a[-b:].reshape(-1, 3),
-                           a[b:-b, :b].reshape(-1, 3), a[b:-b, -b:].reshape(-1, 3)])
+    ring = border_ring(np.asarray(image.convert("RGB"), np.float32), border)
     med = np.median(ring, axis=0)
     return med, float(med.max() - med.min()), float(np.linalg.norm(ring - med, axis=1).mean())
 

@@ -105,13 +105,14 @@ def points(d: dict) -> str:
     return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
-def paired_counting(final: pd.DataFrame, base: pd.DataFrame) -> dict:
-    """Held-out counting accuracy, final − base on the same (prompt, seed) images, with its 95% interval."""
+def paired_counting(folder: Path, base: pd.DataFrame) -> dict:
+    """Held-out counting accuracy of the evaluation in `folder`/eval, final − base on the same (prompt,
+    seed) images, with its 95% interval."""
     from gpo.study import paired_delta
 
-    as_float = lambda t: t.assign(correct=t["correct"].astype(float))  # noqa: E731
+    final = pd.read_parquet(folder / "eval" / "final_scores.parquet")
     return {k: round(v, 4) if isinstance(v, float) else v
-            for k, v in paired_delta(as_float(final), as_float(base), "counting", "correct").items()}
+            for k, v in paired_delta(final, base, "counting", "correct").items()}
 
 
 HEADER = ["| name | overrides | rounds | GPO s | counting acc base → final | paired Δ counting | OCR reward base → final | "
@@ -142,9 +143,7 @@ def main() -> None:
     if a.pair_only:
         rows = json.loads((RESULTS / "gpo_tuning.json").read_text())
         row = next(r for r in rows if r["name"] == a.name)
-        e = quick_eval(a)
-        row["paired_counting"] = paired_counting(pd.read_parquet(a.out / a.name / "eval" / "final_scores.parquet"),
-                                                 quick_base(a, e.seed_offset))
+        row["paired_counting"] = paired_counting(a.out / a.name, quick_base(a, quick_eval(a).seed_offset))
         upsert_results("gpo_tuning", row, HEADER, render)
         return
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
@@ -170,8 +169,7 @@ def main() -> None:
            + ([f"--base {a.base}"] if a.base else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
            "train_reward_curve": curve, "base": quick_metrics(quick_base(a, e.seed_offset)), "final": final}
-    row["paired_counting"] = paired_counting(pd.read_parquet(folder / "eval" / "final_scores.parquet"),
-                                             quick_base(a, e.seed_offset))
+    row["paired_counting"] = paired_counting(folder, quick_base(a, e.seed_offset))
     upsert_results("gpo_tuning", row, HEADER, render)
 
 

@@ -76,21 +76,24 @@ def reading_on(chosen, images, sp, radius: float, step: float) -> dict:
             "misses": [f"{p.word} -> {g}" for g, p in zip(got, chosen) if g != p.word][:10]}
 
 
+def counting_objects(folder: Path, name: str, prompts_file: Path, s: so.CountSettings):
+    """(score-table row, objects found) for every counting image of an evaluation on disk."""
+    table = pd.read_parquet(folder / f"{name}_scores.parquet")
+    by_text = {p.text: p for p in read_prompts(prompts_file)}
+    for i, r in zip(table.index, table.itertuples()):
+        if r.task == "counting":
+            im = Image.open(folder / f"{name}_images" / f"{i:05d}-{r.seed}.png")
+            yield r, so.blobs(im, s, so.COLORS.get(by_text[r.prompt].color or ""))
+
+
 def fill_valleys(folder: Path, name: str, prompts_file: Path, s: so.CountSettings) -> dict:
     """Where the shape-class boundaries come from, with no label and no reward model: the soft box fill of
     every object (area ≥ 15 px) the counting method finds in a model's generated counting images has a
     valley between triangles (~0.58) and the rest; among the rest, the box corners' coverage (over the
     object's own) has a valley between circles (~0.03) and squares (~0.7). The fill's second valley
-    (circles ~0.77 | squares ~0.94) moves when a model draws its shapes softer; the corners' does not
-    (docs/second_opinion.md). Rendered ground truth is separated anywhere in 0.66-0.76 (fill)."""
-    table = pd.read_parquet(folder / f"{name}_scores.parquet")
-    by_text = {p.text: p for p in read_prompts(prompts_file)}
-    found = []
-    for i, r in zip(table.index, table.itertuples()):
-        if r.task != "counting":
-            continue
-        im = Image.open(folder / f"{name}_images" / f"{i:05d}-{r.seed}.png")
-        found += [b for b in so.blobs(im, s, so.COLORS.get(by_text[r.prompt].color or "")) if b.area >= 15]
+    (circles ~0.77 | squares ~0.94) moves when a model draws its shapes softer; the corners' moves far
+    less (docs/second_opinion.md). Rendered ground truth is separated anywhere in 0.66-0.76 (fill)."""
+    found = [b for _, bl in counting_objects(folder, name, prompts_file, s) for b in bl if b.area >= 15]
 
     def valley(values, lo, hi, start, stop, step):
         edges = np.round(np.arange(start, stop + 1e-4, step), 2)
@@ -185,15 +188,9 @@ def shape_errors(folder: Path, name: str, prompts_file: Path, s: so.CountSetting
     """Circle and square objects labelled by the prompt's shape (images whose number of found objects is
     the number asked; no reward model), and how often each rule puts them in the other class: the corner
     boundary, and a fill boundary at 0.81 (the rule before 2026-12-06) and at 0.88."""
-    table = pd.read_parquet(folder / f"{name}_scores.parquet")
-    by_text = {p.text: p for p in read_prompts(prompts_file)}
     found = {"circle": [], "square": []}
-    for i, r in zip(table.index, table.itertuples()):
-        if r.task != "counting" or r.split != "heldout" or r.cls not in found:
-            continue
-        im = Image.open(folder / f"{name}_images" / f"{i:05d}-{r.seed}.png")
-        bl = so.blobs(im, s, so.COLORS.get(by_text[r.prompt].color or ""))
-        if len(bl) == int(r.count):
+    for r, bl in counting_objects(folder, name, prompts_file, s):
+        if r.split == "heldout" and r.cls in found and len(bl) == int(r.count):
             found[r.cls] += [b for b in bl if b.fill >= s.circle_fill]
     c, q = found["circle"], found["square"]
     rate = lambda xs, test: round(float(np.mean([test(b) for b in xs])), 4) if xs else None  # noqa: E731

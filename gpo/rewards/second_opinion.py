@@ -83,12 +83,16 @@ def _rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32)
 
 
+def border_ring(arr: np.ndarray, border: int) -> np.ndarray:
+    """The pixels (N, 3) of the image's outer `border` rows and columns, each once."""
+    b = border
+    return np.concatenate([arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3),
+                           arr[b:-b, :b].reshape(-1, 3), arr[b:-b, -b:].reshape(-1, 3)])
+
+
 def background(arr: np.ndarray, border: int) -> np.ndarray:
     """Median colour of the image border (objects cover little of it)."""
-    b = border
-    ring = np.concatenate([arr[:b].reshape(-1, 3), arr[-b:].reshape(-1, 3),
-                           arr[b:-b, :b].reshape(-1, 3), arr[b:-b, -b:].reshape(-1, 3)])
-    return np.median(ring, axis=0)
+    return np.median(border_ring(arr, border), axis=0)
 
 
 def foreground(arr: np.ndarray, s: CountSettings, color: tuple[int, int, int] | None = None) -> np.ndarray:
