@@ -26,8 +26,8 @@ from gpo.cli import _load, _ws
 from gpo.io import atomic_write_json, atomic_write_text
 from gpo.model.adapters import load_any
 from gpo.params import GpoFile
-from gpo.prompts import read_prompts
-from gpo.round import improve, train_reward_by_task
+from gpo.prompts import HELDOUT_SPLITS, read_prompts
+from gpo.round import RoundDir, improve, train_reward_by_task
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,6 +49,8 @@ def add_quick_args(ap: argparse.ArgumentParser) -> None:
     e = _load(Path("params"), "eval.yaml").eval
     ap.add_argument("--counting-seeds", type=int, default=e.counting_seeds)
     ap.add_argument("--text-seeds", type=int, default=e.text_seeds)
+    ap.add_argument("--word-seeds", type=int, default=e.heldout_word_seeds,
+                    help="seeds per prompt of an unseen word (split heldout_words); 1 = the former quick default")
     ap.add_argument("--base", type=Path, default=None,
                     help="the model to start from (default: params/models.yaml's base), e.g. a pretraining snapshot")
     ap.add_argument("--base-scores", type=Path, default=None,
@@ -57,9 +59,10 @@ def add_quick_args(ap: argparse.ArgumentParser) -> None:
 
 
 def quick_eval(a: argparse.Namespace):
-    """params/eval.yaml's evaluation on the quick seeds only (one seed a held-out word)."""
+    """params/eval.yaml's evaluation on the quick seeds only."""
     return _load(Path("params"), "eval.yaml").eval.model_copy(
-        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds, "heldout_word_seeds": 1})
+        update={"counting_seeds": a.counting_seeds, "text_seeds": a.text_seeds,
+                "heldout_word_seeds": getattr(a, "word_seeds", 1)})
 
 
 def quick_base(a: argparse.Namespace, seed_offset: int) -> pd.DataFrame:
@@ -68,17 +71,21 @@ def quick_base(a: argparse.Namespace, seed_offset: int) -> pd.DataFrame:
     if getattr(a, "base", None) is not None and getattr(a, "base_scores", None) is None:
         raise SystemExit("--base needs --base-scores: that model's own quick evaluation (gt_ceiling.py --steps 0 writes one)")
     t = pd.read_parquet(getattr(a, "base_scores", None) or "data/calibration/base_scores.parquet")
+    words = t.split == "heldout_words"
     keep = ((t.task == "counting") & (t.seed < seed_offset + a.counting_seeds)) | (
-        (t.task == "text") & (t.seed < seed_offset + a.text_seeds))
+        (t.task == "text") & ~words & (t.seed < seed_offset + a.text_seeds)) | (
+        words & (t.seed < seed_offset + getattr(a, "word_seeds", 1)))
     return t[keep]
 
 
 def quick_metrics(table: pd.DataFrame) -> dict[str, float]:
     c = table[(table.task == "counting") & (table.split == "heldout")]
     t = table[(table.task == "text") & (table.split == "heldout")]
+    w = table[(table.task == "text") & (table.split == "heldout_words")]
     by_count = c.groupby("count")["correct"].mean().round(2).to_dict()
     return {"counting_acc": float(c.correct.mean()), "ocr_reward": float(t.reward.mean()),
             "ocr_exact": float(t.correct.mean()), "n_counting": len(c), "n_text": len(t),
+            "unseen_exact": float(w.correct.mean()), "unseen_reward": float(w.reward.mean()), "n_unseen": len(w),
             "counting_by_count": {int(k): v for k, v in by_count.items()}}
 
 
@@ -105,27 +112,42 @@ def points(d: dict) -> str:
     return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
-def paired_counting(folder: Path, base: pd.DataFrame) -> dict:
-    """Held-out counting accuracy of the evaluation in `folder`/eval, final − base on the same (prompt,
-    seed) images, with its 95% interval."""
+def paired_counting(folder: Path, base: pd.DataFrame, task: str = "counting", split: str = "heldout") -> dict:
+    """Held-out accuracy (counting by default; text exact, or unseen words with split heldout_words) of the
+    evaluation in `folder`/eval, final − base on the same (prompt, seed) images, with its 95% interval."""
     from gpo.study import paired_delta
 
     final = pd.read_parquet(folder / "eval" / "final_scores.parquet")
     return {k: round(v, 4) if isinstance(v, float) else v
-            for k, v in paired_delta(final, base, "counting", "correct").items()}
+            for k, v in paired_delta(final, base, task, "correct", split).items()}
+
+
+def paired_all(folder: Path, base: pd.DataFrame) -> dict:
+    """The paired deltas a row carries: counting, text exact on held-out captions, unseen words exact."""
+    out = {"paired_counting": paired_counting(folder, base)}
+    for key, split in (("paired_text", "heldout"), ("paired_unseen", "heldout_words")):
+        try:
+            out[key] = paired_counting(folder, base, "text", split)
+        except ValueError:  # an evaluation without that split
+            pass
+    return out
 
 
 HEADER = ["| name | overrides | rounds | GPO s | counting acc base → final | paired Δ counting | OCR reward base → final | "
-          "OCR exact base → final | counting acc by n (final) |", "|---|---|---|---|---|---|---|---|---|"]
+          "OCR exact base → final | paired Δ OCR exact | unseen words exact base → final | paired Δ unseen | "
+          "counting acc by n (final) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
 
 def render(r: dict) -> str:
     b, f = r["base"], r["final"]
-    pc = r.get("paired_counting")
+    pc, pt, pu = r.get("paired_counting"), r.get("paired_text"), r.get("paired_unseen")
+    unseen = (f"{b['unseen_exact']:.3f} → {f['unseen_exact']:.3f} (n {f['n_unseen']})"
+              if f.get("n_unseen", 0) > 48 else "")  # rows before 2026-12-06 read one seed a word: too few
     return (f"| {r['name']} | {' '.join(r['overrides'])} | {r['rounds']} | {r['gpo_seconds']} | "
             f"{b['counting_acc']:.3f} → {f['counting_acc']:.3f} (n {f['n_counting']}) | "
             f"{points(pc) if pc else ''} | {b['ocr_reward']:.3f} → {f['ocr_reward']:.3f} | "
-            f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {f['counting_by_count']} |")
+            f"{b['ocr_exact']:.3f} → {f['ocr_exact']:.3f} | {points(pt) if pt else ''} | {unseen} | "
+            f"{points(pu) if pu and f.get('n_unseen', 0) > 48 else ''} | {f['counting_by_count']} |")
 
 
 def main() -> None:
@@ -138,18 +160,31 @@ def main() -> None:
     ap.add_argument("--task", choices=["counting", "text"], default=None,
                     help="train on one task's prompts only (diagnostic: do the tasks interfere?)")
     ap.add_argument("--pair-only", action="store_true",
-                    help="only add the paired counting delta to the finished row NAME (from OUT/NAME/eval)")
+                    help="only add the paired deltas to the finished row NAME (from OUT/NAME/eval)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="evaluate the last round's model of NAME again (e.g. with more --word-seeds) and rewrite its row")
     a = ap.parse_intermixed_args()
     if a.pair_only:
         rows = json.loads((RESULTS / "gpo_tuning.json").read_text())
         row = next(r for r in rows if r["name"] == a.name)
-        row["paired_counting"] = paired_counting(a.out / a.name, quick_base(a, quick_eval(a).seed_offset))
+        row.update(paired_all(a.out / a.name, quick_base(a, quick_eval(a).seed_offset)))
         upsert_results("gpo_tuning", row, HEADER, render)
         return
     cfg = override(_load(Path("params"), "gpo.yaml"), a.overrides)
     e = quick_eval(a)
     prompts = read_prompts(Path("data/prompts.jsonl"))
-    train_prompts = [p for p in prompts if a.task is None or p.task == a.task or p.split != "train"]
+    if a.eval_only:
+        rows = json.loads((RESULTS / "gpo_tuning.json").read_text())
+        row = next(r for r in rows if r["name"] == a.name)
+        folder = a.out / a.name
+        model = RoundDir(folder / f"round-{row['rounds']}", iterations=cfg.groups.iterations).model
+        evaluate_model(load_any(model), prompts, _ws(Path("params")).scorers(), e, folder / "eval", "final", progress=False)
+        row["base"] = quick_metrics(quick_base(a, e.seed_offset))
+        row["final"] = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))
+        row.update(paired_all(folder, quick_base(a, e.seed_offset)))
+        upsert_results("gpo_tuning", row, HEADER, render)
+        return
+    train_prompts = [p for p in prompts if a.task is None or p.task == a.task or p.split in HELDOUT_SPLITS]
     scorers = _ws(Path("params")).scorers()
     base = a.base or Path(_load(Path("params"), "models.yaml").base)
     quick_base(a, e.seed_offset)  # fail before the rounds when the base's scores are missing
@@ -169,7 +204,7 @@ def main() -> None:
            + ([f"--base {a.base}"] if a.base else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
            "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
            "train_reward_curve": curve, "base": quick_metrics(quick_base(a, e.seed_offset)), "final": final}
-    row["paired_counting"] = paired_counting(folder, quick_base(a, e.seed_offset))
+    row.update(paired_all(folder, quick_base(a, e.seed_offset)))
     upsert_results("gpo_tuning", row, HEADER, render)
 
 

@@ -15,7 +15,7 @@ from gpo.metrics import accuracy
 from gpo.model.pipeline import TinyT2IPipeline
 from gpo.model.sampler import sampler_stamp
 from gpo.params import EvalParams, WorldParams
-from gpo.prompts import Prompt
+from gpo.prompts import HELDOUT_SPLITS, Prompt
 from gpo.resume import digest, resume_or_reset, weights_digest
 from gpo.grids import judged_grid
 from gpo.world.dataset import spec
@@ -42,7 +42,7 @@ def reward_models_on_ground_truth(prompts: list[Prompt], world: WorldParams, sco
     sp = spec(world.render)
     out = {}
     for task in ("counting", "text"):
-        pool = [p for p in prompts if p.task == task and p.split != "train"]
+        pool = [p for p in prompts if p.task == task and p.split in HELDOUT_SPLITS]
         chosen = [pool[i % len(pool)] for i in range(n)]
         images = [render(p, rng.randrange(2**31), sp).image for p in chosen]
         scores = scorers.score(images, chosen)
@@ -55,7 +55,7 @@ def evaluate_model(pipe: TinyT2IPipeline, prompts: list[Prompt], scorers: Scorer
                    name: str, progress: bool = True, weights: str | None = None) -> dict:
     """Held-out evaluation of one model: table (parquet), summary (JSON), a grid per task and split.
     `weights`: the model's `weights_digest` when the caller already has it (one pass over the weights)."""
-    held = [p for p in prompts if p.split != "train"]
+    held = [p for p in prompts if p.split in HELDOUT_SPLITS]
     plan_p, plan_s = eval_plan(held, {"counting": e.counting_seeds, "text": e.text_seeds,
                                       "heldout_words": e.heldout_word_seeds}, e.seed_offset)
     t0 = time.time()

@@ -96,7 +96,7 @@ def prompts_cmd(params: Path = ParamsOpt,
                 out: Path = typer.Option(Path("data/prompts.jsonl"), help="prompt table to write")):
     """Curate the prompt table (data/prompts.jsonl).
 
-    Counting and text prompts in the splits train, heldout and heldout_words."""
+    Counting and text prompts in the splits train, heldout, heldout_words and practice."""
     from collections import Counter
 
     from gpo.prompts import write_prompts
@@ -296,7 +296,8 @@ def real_prompts_cmd(
         vocab = P.PromptParams(seed=seed, counting=P.CountingVocab(classes=cls, colors=[], counts=nums,
                                                                    heldout_per_count=heldout_per_count),
                                text=P.TextVocab(words=lines(words, REAL_WORDS),
-                                                templates=lines(templates, REAL_TEMPLATES), heldout_words=heldout_words))
+                                                templates=lines(templates, REAL_TEMPLATES), heldout_words=heldout_words,
+                                                practice_words=[]))  # the embedded world's practice words are not a real model's
     except ValidationError as err:
         e = err.errors()[0]
         raise GpoError(f"bad prompt vocabulary: {e['msg']}", field=".".join(str(x) for x in e["loc"]),

@@ -10,7 +10,7 @@ import pandas as pd
 from PIL import Image
 
 from gpo.metrics import accuracy, mean_interval, pass_at_k_curve
-from gpo.prompts import Prompt
+from gpo.prompts import HELDOUT_SPLITS, Prompt
 from gpo.errors import GpoError
 from gpo.rewards.arith import Score, failed_score
 
@@ -64,7 +64,7 @@ class Scorers:
                            f"(first: {failed[0][0]!r}: {failed[0][1]})", field="max_failed_share (params/rewards.yaml)",
                            value=self.max_failed_share, fix="check the detector/OCR weights and the images; "
                            "raise max_failed_share only if occasional failures are expected")
-        held = [i for i, p in enumerate(prompts) if p.split != "train"]
+        held = [i for i, p in enumerate(prompts) if p.split in HELDOUT_SPLITS]
         if self.second is not None and held:
             seconds = _second_isolated(self.second, [images[i] for i in held], [prompts[i] for i in held])
             for i, sec in zip(held, seconds):

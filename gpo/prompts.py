@@ -17,8 +17,11 @@ from gpo.errors import GpoError
 from gpo.io import atomic_write_text
 
 Task = Literal["counting", "text"]
-Split = Literal["train", "heldout", "heldout_words"]
-SPLITS: tuple[str, ...] = ("train", "heldout", "heldout_words")
+Split = Literal["train", "heldout", "heldout_words", "practice"]
+SPLITS: tuple[str, ...] = ("train", "heldout", "heldout_words", "practice")
+# What every evaluation measures. `practice` prompts (words the base was never pretrained on, GPO's own
+# text prompts) are trained on by GPO and never evaluated; `train` prompts are what pretraining saw.
+HELDOUT_SPLITS: tuple[str, ...] = ("heldout", "heldout_words")
 
 COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -143,10 +146,12 @@ def counting_prompts(classes: list[str], colors: list[str], counts: list[int],
 
 
 def text_prompts(words: list[str], templates: list[str], heldout_words: int, heldout_share: float,
-                 seed: int) -> list[Prompt]:
+                 seed: int, practice_words: Iterable[str] = ()) -> list[Prompt]:
     """Words × templates. `heldout_words` words never appear in training (split heldout_words);
     of the training words, a share of (template, word) combinations is held out (split heldout), always
-    leaving each training word at least one training prompt."""
+    leaving each training word at least one training prompt. `practice_words` × templates are split
+    `practice`: GPO's text prompts, never pretrained on and never evaluated. They are drawn after the
+    other splits and consume no randomness, so adding them leaves every other prompt's split as it was."""
     rng = random.Random(seed + 1)
     words = list(dict.fromkeys(w.upper() for w in words))  # dedupe, keep order
     if heldout_words >= len(words):
@@ -162,6 +167,9 @@ def text_prompts(words: list[str], templates: list[str], heldout_words: int, hel
             split: Split = "heldout_words" if word in unseen else ("heldout" if h else "train")
             out.append(Prompt(text=template.format(word=word), task="text", split=split, word=word,
                               template=template))
+    practice = [w for w in dict.fromkeys(w.upper() for w in practice_words) if w not in words]
+    out += [Prompt(text=template.format(word=word), task="text", split="practice", word=word, template=template)
+            for word in practice for template in templates]
     return out
 
 
@@ -194,7 +202,7 @@ def write_prompts(prompts: list[Prompt], path: Path) -> None:
 # what a row must carry, and how to write it (the fix of a row that lacks one)
 REQUIRED_FIELDS = {"text": '"text": "<the prompt sentence>"',
                    "task": '"task": "counting" (with "cls" and "count") or "text" (with "word")',
-                   "split": '"split": "train", "heldout" or "heldout_words"'}
+                   "split": '"split": "train", "heldout", "heldout_words" or "practice"'}
 
 
 def read_prompts(path: Path, *, task: str | None = None, split: str | None = None) -> list[Prompt]:

@@ -111,12 +111,12 @@ def image_diffs(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str, split:
     return (x.loc[both] - y.loc[both]).tolist()
 
 
-def paired_delta(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str) -> dict:
+def paired_delta(a: pd.DataFrame, b: pd.DataFrame, task: str, column: str, split: str = "heldout") -> dict:
     """Mean per-image difference a − b on the same (prompt, seed) images of one task's held-out split, with
     its 95% interval: tighter than two separate intervals when the models are close."""
-    diffs = image_diffs(a, b, task, column)
+    diffs = image_diffs(a, b, task, column, split)
     if not diffs:
-        raise ValueError(f"no {task} images in common")
+        raise ValueError(f"no {task} {split} images in common")
     return mean_interval(diffs).as_dict()
 
 

@@ -57,6 +57,35 @@ def test_text_splits_hold_out_whole_words():
     assert held and all(q.word in train_words for q in held)
 
 
+def test_practice_words_are_their_own_split_and_leave_every_other_split_as_it_was():
+    with_practice = build_prompts(PromptParams())
+    without = build_prompts(PromptParams.model_validate({"text": {"practice_words": []}}))
+    assert [q for q in with_practice if q.split != "practice"] == without
+    practice = [q for q in with_practice if q.split == "practice"]
+    p = PromptParams()
+    assert len(practice) == len(p.text.practice_words) * len(p.text.templates)
+    assert not {q.word for q in practice} & {w.upper() for w in p.text.words}  # never pretrained, never evaluated
+    assert set(P.HELDOUT_SPLITS) == {"heldout", "heldout_words"}
+
+
+def test_a_practice_word_that_is_also_a_word_is_one_clear_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="practice_words must not repeat words.*CAT"):
+        PromptParams.model_validate({"text": {"practice_words": ["cat", "zoo"]}})
+
+
+def test_gpo_text_prompts_come_from_practice_words_when_there_are_any():
+    from gpo.groups import pick_prompts
+
+    prompts = build_prompts(PromptParams())
+    text = [q for q in pick_prompts(prompts, 25, 1, seed=0, text_share=0.4) if q.task == "text"]
+    assert len(text) == 10 and all(q.split == "practice" for q in text)
+    no_practice = [q for q in prompts if q.split != "practice"]
+    text = [q for q in pick_prompts(no_practice, 25, 1, seed=0, text_share=0.4) if q.task == "text"]
+    assert len(text) == 10 and all(q.split == "train" for q in text)
+
+
 def test_dedupe_keeps_first():
     a = P.Prompt(text="x", task="text", split="train", word="X")
     b = P.Prompt(text="x", task="text", split="heldout", word="X")
@@ -118,7 +147,8 @@ def test_round_prompts_spread_counting_evenly_over_counts():
         chosen = pick_prompts(prompts, 16, batch, seed=0, text_share=0.5)  # 8 counting prompts over counts 1..6
         counts = Counter(p.count for p in chosen if p.task == "counting")
         assert sum(counts.values()) == 8 and set(counts) == {1, 2, 3, 4, 5, 6} and max(counts.values()) == 2
-        assert len({p.text for p in chosen}) == 16 and all(p.split == "train" for p in chosen)
+        assert len({p.text for p in chosen}) == 16
+        assert all(p.split == ("train" if p.task == "counting" else "practice") for p in chosen)
     assert pick_prompts(prompts, 16, 1, 0, 0.5) == pick_prompts(prompts, 16, 1, 0, 0.5)
     assert pick_prompts(prompts, 16, 1, 0, 0.5) != pick_prompts(prompts, 16, 2, 0, 0.5)
 
@@ -163,6 +193,6 @@ def test_text_share_splits_each_batch_of_prompts():
     prompts = build_prompts(PromptParams())
     chosen = pick_prompts(prompts, 25, 3, seed=0, text_share=0.2)
     assert [p.task for p in chosen].count("text") == 5 and len(chosen) == 25
-    assert all(p.split == "train" for p in chosen)
+    assert all(p.split == ("train" if p.task == "counting" else "practice") for p in chosen)
     only_counting = [p for p in prompts if p.task == "counting"]
     assert len(pick_prompts(only_counting, 25, 3, seed=0, text_share=0.2)) == 25  # one task: all to it

@@ -51,6 +51,23 @@ def test_shipped_detector_counts_rendered_shapes(shipped_detector):
     assert sum(s.correct for s in scores) >= 34  # calibration says 1.00 on n=300
 
 
+def test_scoring_leaves_torch_its_threads(shipped_detector):
+    """ultralytics sets torch's threads to cpu_count − 1 (1 on a 2-core machine) on every CPU predict; the
+    detector gives them back, so the sampler and EasyOCR after a scoring run on every core."""
+    import torch
+    from ultralytics.utils import NUM_THREADS
+
+    before = torch.get_num_threads()
+    mine = NUM_THREADS + 1  # what ultralytics would not leave
+    torch.set_num_threads(mine)
+    try:
+        prompts = [q for q in build_prompts(WorldParams().prompts) if q.task == "counting"][:2]
+        shipped_detector.score([render(q, 0).image for q in prompts], prompts)
+        assert torch.get_num_threads() == mine
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_detector_errors(tmp_path, shipped_detector):
     with pytest.raises(GpoError, match="not found"):
         Detector(tmp_path / "missing.pt")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,22 @@ from gpo.prompts import Prompt, class_for_noun, counting_noun, read_prompts
 from gpo.rewards.arith import Score, counting_score
 from gpo.world.dataset import build_prompts, spec
 from gpo.world.render import render_counting
+
+
+@contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Give torch its intra-op thread count back after ultralytics. Its `select_device` sets torch's threads
+    to cpu_count − 1 (at most 8) on every CPU predict, which is 1 on a 2-core machine: every torch job that
+    ran after a scoring in the same process (the next evaluation's sampler, EasyOCR, the calibration's
+    base images) ran on half the cores (base images 8 img/s instead of 16 in the 5b3643c make run)."""
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def upscale(images: Sequence[Image.Image], side: int) -> list[np.ndarray]:
@@ -101,7 +118,8 @@ class Detector:
             raise GpoError("detector weights not found", file=str(weights),
                            fix="run `gpo detector` to train one, or set rewards.yaml detector.weights")
         try:
-            self.model = YOLO(str(weights), task="detect")
+            with torch_threads_kept():
+                self.model = YOLO(str(weights), task="detect")
         except Exception as err:  # ultralytics raises many types for a bad file
             raise GpoError(f"cannot load YOLO weights: {err}", file=str(weights),
                            fix="give an ultralytics detection .pt file") from None
@@ -167,9 +185,10 @@ class Detector:
         arrays = upscale(images, self.imgsz)
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(arrays), self.batch):
-            results = self.model.predict(arrays[start:start + self.batch], imgsz=self.imgsz,
-                                         conf=self.conf if conf is None else conf, max_det=1000,
-                                         device=self.device, verbose=False)
+            with torch_threads_kept():
+                results = self.model.predict(arrays[start:start + self.batch], imgsz=self.imgsz,
+                                             conf=self.conf if conf is None else conf, max_det=1000,
+                                             device=self.device, verbose=False)
             out += [(r.boxes.cls.int().cpu().numpy(), r.boxes.conf.float().cpu().numpy()) for r in results]
         return out
 

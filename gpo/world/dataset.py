@@ -18,7 +18,7 @@ def build_prompts(p: PromptParams) -> list[P.Prompt]:
     """The full prompt table (all tasks, all splits) for a vocabulary."""
     c, t = p.counting, p.text
     counting = P.counting_prompts(c.classes, c.colors, c.counts, c.heldout_per_count, p.seed)
-    text = P.text_prompts(t.words, t.templates, t.heldout_words, t.heldout_share, p.seed)
+    text = P.text_prompts(t.words, t.templates, t.heldout_words, t.heldout_share, p.seed, t.practice_words)
     return P.dedupe(counting + text)
 
 
