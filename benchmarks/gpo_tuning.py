@@ -177,7 +177,12 @@ def main() -> None:
         rows = json.loads((RESULTS / "gpo_tuning.json").read_text())
         row = next(r for r in rows if r["name"] == a.name)
         folder = a.out / a.name
-        model = RoundDir(folder / f"round-{row['rounds']}", iterations=cfg.groups.iterations).model
+        if any(o.startswith("--") for o in row["overrides"]):
+            raise SystemExit(f"{a.name} was run with {row['overrides']}: --eval-only re-evaluates plain rows only")
+        iterations = override(_load(Path("params"), "gpo.yaml"), row["overrides"]).groups.iterations  # the row's own
+        model = RoundDir(folder / f"round-{row['rounds']}", iterations=iterations).model
+        if not (model / "model_index.json").exists():
+            raise SystemExit(f"no model at {model}")
         evaluate_model(load_any(model), prompts, _ws(Path("params")).scorers(), e, folder / "eval", "final", progress=False)
         row["base"] = quick_metrics(quick_base(a, e.seed_offset))
         row["final"] = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))

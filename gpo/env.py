@@ -80,7 +80,11 @@ def prepare_ultralytics() -> None:
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         if not (fonts / name).exists():
             shutil.copyfile(font_path(bold=False), fonts / name)
+    omp = os.environ.get("OMP_NUM_THREADS")
     from ultralytics import settings
+
+    if omp is None:  # its import sets OMP_NUM_THREADS=1, which every process started after it would inherit
+        os.environ.pop("OMP_NUM_THREADS", None)
 
     root = Path(os.environ["YOLO_CONFIG_DIR"])
     wanted = {"sync": False, "mlflow": False, "dvc": False, "wandb": False, "tensorboard": False,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gpo.errors import GpoError
 
@@ -21,13 +21,15 @@ WORDS = ("ACE ANT APE ARM ART BAG BAT BED BEE BOX BUG BUS CAB CAN CAP CAR CAT CO
          "PET PIE PIG PIN POT PUP RAT RAY RED RUG RUN SAW SEA SKY SUN TAB TAG TAP TEA TEN TOE TOY TUB VAN "
          "WAX WEB WIG YAK YAM ZAP ZEN ZIP").split()
 # GPO's own text words (split practice): three-letter words that are not in WORDS, so the shipped base was
-# never pretrained on them and no evaluation reads them.
+# never pretrained on them and no evaluation reads them. Not the count words ONE/SIX (the lower-casing
+# tokenizer would share them with counting prompts) nor YAML 1.1 booleans such as YES (a YAML writer like
+# DVC's leaves them unquoted, and PyYAML then reads True).
 PRACTICE_WORDS = ("ADD AGE AID AIM AIR ASK AXE BAN BAR BAY BEG BET BID BIG BIN BIT BOW BOY BUD BUN BUY COD COG "
                   "COT CRY CUB CUT DAB DAD DIG DIM DIP DOE DRY DUE DUG DYE EEL ELM END ERA EWE FAR FAT FED FEW "
                   "FIR FIT FLY FOG FRY FUR GAP GEL GET GUN GUT HAY HEM HID HIP HIT HOG HOT HUB HUE ICE INK INN "
                   "IVY JAB JOB JOG JOT JUG LAD LAW LAY LID LIP LOG LOT LOW MAN MIX MOB MOP NAG NOD OAT ODD OIL "
-                  "OLD ONE ORB ORE OWN PAD PAL PEG PIT POD POP PUB PUT RAG RAM RIB RIM ROD ROW RUB SAD SAP SIP "
-                  "SIX SOY SPA SPY SUB TAN TAX TIE TIN TIP TOP TUG URN VET VOW WAG WAR WET WIN WOK YES ZOO").split()
+                  "OLD ORB ORE OWN PAD PAL PEG PIT POD POP PUB PUT RAG RAM RIB RIM ROD ROW RUB SAD SAP SIP "
+                  "SOY SPA SPY SUB TAN TAX TIE TIN TIP TOP TUG URN VET VOW WAG WAR WET WIN WOK ZOO").split()
 
 
 class Strict(BaseModel):
@@ -82,13 +84,24 @@ class TextVocab(Strict):
             raise ValueError(f"each template needs a {{word}} slot: {bad[:3]}")
         return v
 
-    @model_validator(mode="after")
-    def _practice_apart(self) -> "TextVocab":
-        both = sorted({w.upper() for w in self.words} & {w.upper() for w in self.practice_words})
+    @model_validator(mode="before")
+    @classmethod
+    def _practice_for_own_words(cls, data: object) -> object:
+        """The embedded practice words belong to the embedded words: a file that sets its own `words` and no
+        `practice_words` (e.g. a real model's world.yaml) gets none, rather than three-letter words it never asked for."""
+        if isinstance(data, dict) and "words" in data and "practice_words" not in data:
+            if [str(w).upper() for w in data["words"] or []] != list(WORDS):
+                data = {**data, "practice_words": []}
+        return data
+
+    @field_validator("practice_words")
+    @classmethod
+    def _practice_apart(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        both = sorted({w.upper() for w in info.data.get("words", [])} & {w.upper() for w in v})
         if both:
-            raise ValueError(f"practice_words must not repeat words (they would be pretrained or evaluated on): "
-                             f"{both[:5]}")
-        return self
+            raise ValueError(f"{both[:5]} are in both words and practice_words: a practice word must be one that "
+                             "is never pretrained on nor evaluated; remove it from one of the two lists")
+        return v
 
 
 class PromptParams(Strict):

@@ -256,6 +256,9 @@ def _check_row(p: Prompt) -> None:
     if p.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {p.split!r}")
     if p.task == "counting":
+        if p.split == "practice":
+            raise ValueError("split 'practice' is for text prompts (GPO's own words); a counting prompt is 'train', "
+                             "'heldout' or 'heldout_words'")
         if not isinstance(p.count, int) or isinstance(p.count, bool) or p.count < 1:
             raise ValueError(f"counting prompt needs an integer count >= 1, got {p.count!r}")
         if p.count > MAX_COUNT:

@@ -47,7 +47,7 @@ def test_params_write_and_prompts(tmp_path):
     out = gpo("prompts", "--params", str(tmp_path), "--out", str(tmp_path / "p.jsonl"))
     assert out.returncode == 0, out.stderr
     rows = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert {r["split"] for r in rows} == {"train", "heldout", "heldout_words"}
+    assert {r["split"] for r in rows} == {"train", "heldout", "heldout_words", "practice"}
 
 
 def test_calibrate_with_a_model_path_that_is_not_a_pipeline(tmp_path):

@@ -12,6 +12,7 @@ from gpo import params as P
 from gpo.calibrate import evaluate_model
 from gpo.evaluate import Scorers
 from gpo.model.adapters import load_any
+from gpo.prompts import HELDOUT_SPLITS
 from gpo.round import RoundDir, read_record, step_generate, step_score, step_train
 from gpo.stages import Workspace, run_stage
 from tests.faults_workspace import kill_when, make_workspace, ok, pngs, run, snapshot, start
@@ -35,7 +36,7 @@ def _ready_round(tmp_path):
     step_generate(1, root / "base", rd, w.prompt_table(), cfg, progress=False)
     step_score(rd, Scorers(Brightness(), Brightness()))
     step_train(root / "base", rd, cfg, progress=False)
-    held = [p for p in w.prompt_table() if p.split != "train"]
+    held = [p for p in w.prompt_table() if p.split in HELDOUT_SPLITS]
     total = sum(2 if p.split != "heldout_words" else 1 for p in held)
     return root, rd, total
 

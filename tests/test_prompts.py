@@ -71,8 +71,27 @@ def test_practice_words_are_their_own_split_and_leave_every_other_split_as_it_wa
 def test_a_practice_word_that_is_also_a_word_is_one_clear_error():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="practice_words must not repeat words.*CAT"):
+    with pytest.raises(ValidationError, match=r"text.practice_words\n.*'CAT'\] are in both words and practice_words"):
         PromptParams.model_validate({"text": {"practice_words": ["cat", "zoo"]}})
+
+
+def test_a_vocabulary_of_its_own_gets_no_embedded_practice_words_unless_it_asks():
+    assert PromptParams.model_validate({"text": {"words": ["HELLO", "WORLD"]}}).text.practice_words == []
+    asked = PromptParams.model_validate({"text": {"words": ["HELLO", "WORLD"], "practice_words": ["OPEN"]}})
+    assert asked.text.practice_words == ["OPEN"]
+    assert len(PromptParams().text.practice_words) == 134
+
+
+def test_no_default_word_reads_as_a_yaml_boolean_or_a_count():
+    """DVC rewrites params with a YAML 1.2 writer that leaves YES / NO / ON / OFF unquoted; PyYAML reads them
+    as booleans. A practice count word would share the lower-cased characters of counting prompts."""
+    import yaml
+
+    from gpo.params import PRACTICE_WORDS, WORDS
+
+    for w in list(WORDS) + list(PRACTICE_WORDS):
+        assert yaml.safe_load(w) == w, w
+    assert not {w.lower() for w in PRACTICE_WORDS} & set(P.COUNT_WORDS)  # (TEN, a training word, predates this)
 
 
 def test_gpo_text_prompts_come_from_practice_words_when_there_are_any():

@@ -51,21 +51,29 @@ def test_shipped_detector_counts_rendered_shapes(shipped_detector):
     assert sum(s.correct for s in scores) >= 34  # calibration says 1.00 on n=300
 
 
-def test_scoring_leaves_torch_its_threads(shipped_detector):
-    """ultralytics sets torch's threads to cpu_count − 1 (1 on a 2-core machine) on every CPU predict; the
-    detector gives them back, so the sampler and EasyOCR after a scoring run on every core."""
+def test_scoring_leaves_torch_its_threads_and_subprocesses_their_omp_threads():
+    """ultralytics sets torch's threads to cpu_count − 1 (1 on a 2-core machine) when a model's predictor is
+    set up (its first predict), and OMP_NUM_THREADS=1 when imported; the detector gives the threads back,
+    so the sampler and EasyOCR after a scoring run on every core, and no child process inherits 1 thread.
+    A fresh detector: the session's shared one has set up its predictor already."""
+    import os
+
     import torch
     from ultralytics.utils import NUM_THREADS
+
+    from tests.conftest import ROOT
 
     before = torch.get_num_threads()
     mine = NUM_THREADS + 1  # what ultralytics would not leave
     torch.set_num_threads(mine)
     try:
+        det = Detector(ROOT / "release" / "detector.pt")
         prompts = [q for q in build_prompts(WorldParams().prompts) if q.task == "counting"][:2]
-        shipped_detector.score([render(q, 0).image for q in prompts], prompts)
+        det.score([render(q, 0).image for q in prompts], prompts)
         assert torch.get_num_threads() == mine
     finally:
         torch.set_num_threads(before)
+    assert os.environ.get("OMP_NUM_THREADS") != "1"
 
 
 def test_detector_errors(tmp_path, shipped_detector):

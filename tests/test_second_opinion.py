@@ -14,7 +14,7 @@ from gpo.evaluate import Judged, Scorers, markdown, score_table, summarize
 from gpo.metrics import mean_interval, wilson
 from gpo.params import WorldParams
 from gpo.promotion import decide
-from gpo.prompts import Prompt
+from gpo.prompts import HELDOUT_SPLITS, Prompt
 from gpo.rewards.arith import Score, counting_score, ocr_score
 from gpo.rewards.second_opinion import SecondOpinion, blobs, count, judgeable, read
 from gpo.world.dataset import build_prompts, spec
@@ -26,7 +26,7 @@ PROMPTS = build_prompts(WORLD.prompts)
 
 
 def held(task: str) -> list[Prompt]:
-    return [p for p in PROMPTS if p.task == task and p.split != "train"]
+    return [p for p in PROMPTS if p.task == task and p.split in HELDOUT_SPLITS]
 
 
 def test_counts_rendered_shapes_of_every_class_and_count():

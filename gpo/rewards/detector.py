@@ -30,10 +30,11 @@ from gpo.world.render import render_counting
 
 @contextmanager
 def torch_threads_kept() -> Iterator[None]:
-    """Give torch its intra-op thread count back after ultralytics. Its `select_device` sets torch's threads
-    to cpu_count − 1 (at most 8) on every CPU predict, which is 1 on a 2-core machine: every torch job that
-    ran after a scoring in the same process (the next evaluation's sampler, EasyOCR, the calibration's
-    base images) ran on half the cores (base images 8 img/s instead of 16 in the 5b3643c make run)."""
+    """Give torch its intra-op thread count back after ultralytics. Its `select_device`, called when a YOLO
+    model sets up its predictor (its first predict), sets torch's threads to cpu_count − 1 (at most 8),
+    which is 1 on a 2-core machine: every torch job after a detector's first scoring in the same process
+    (EasyOCR in the same scoring, the calibration's base images) ran on half the cores (base images at
+    8 img/s instead of 16 in the 5b3643c make run)."""
     import torch
 
     n = torch.get_num_threads()
