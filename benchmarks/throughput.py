@@ -11,8 +11,8 @@ every arm alike), the shipped base:
   the slow part of a bf16 step): one GPO group step (G members, K draws, forward + backward of policy
   and reference) per repetition: group-steps/s, and achieved GFLOP/s from the FLOPs of one group step
   (forward and backward, counted the same way);
-- fp32-cl: the fp32 step on a channels_last copy of the denoiser (and of its reference);
-- fp32-compile (fp32-cl-compile): the fp32 step with policy and reference wrapped in torch.compile
+- fp32-cl: the fp32 step on a channels_last copy of the denoiser (and of its reference); any arm + -cl;
+- fp32-compile (fp32-cl-compile, bf16-attn32-compile, ...): the step with policy and reference wrapped in torch.compile
   (inductor); the first step's seconds (the compile) are reported beside the steady-state speed, since
   a round pays them.
 Quality of the sampler arms is measured separately, on held-out prompts and the same seeds:
@@ -100,7 +100,7 @@ def train_once(pipe, ref, group: Group, p, precision: str, rep: int) -> float:
     """One group step as train_gpo takes it, under the Accelerator of train.mixed_precision (no or bf16)."""
     acc = make_accelerator(p.model_copy(update={"mixed_precision": "bf16" if precision.startswith("bf16") else "no"}))
     policy, reference = _variant(pipe, ref, precision)
-    restore = fp32_attention_under_grad(policy, enabled=precision == "bf16-attn32")
+    restore = fp32_attention_under_grad(policy, enabled=precision.startswith("bf16-attn32"))
     policy.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     group_step(pipe, policy, reference, group, p, torch.Generator().manual_seed(rep), 1.0, acc=acc)
@@ -120,7 +120,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arms", nargs="*", default=DEFAULT_ARMS, help="STEPS:SOLVER:PRECISION[:BATCH]")
     ap.add_argument("--train", nargs="*", default=["fp32", "bf16", "bf16-attn32", "fp32-cl", "fp32-compile"],
-                    help="training arms: fp32, bf16, bf16-attn32, fp32-cl, fp32-compile, fp32-cl-compile")
+                    help="training arms: fp32, bf16, bf16-attn32, and any of them + -cl, -compile or -cl-compile "
+                         "(e.g. bf16-attn32-cl-compile)")
     ap.add_argument("--threads", type=int, nargs="*", default=[2])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--guidance", type=float, default=None, help="default: params/eval.yaml")

@@ -30,17 +30,18 @@ from gpo.prompts import Prompt
 from gpo.resume import digest, resume_or_reset, weights_digest
 
 
-def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int, text_share: float) -> list[Prompt]:
+def pick_prompts(prompts: list[Prompt], n: int, round_index: int, seed: int, text_share: float,
+                 text_pool: str = "train") -> list[Prompt]:
     """`n` train prompts for a batch of groups, seeded by the batch index: `text_share` of them text prompts
     (floored, at least one while the share is above 0 and n >= 2), the rest counting, where both exist.
-    Text prompts come from the split `practice` (words never pretrained on) where the table has it, else
-    from `train`.
+    Text prompts come from the split `train`, or with text_pool "practice" from the split `practice` (words
+    never pretrained on) where the table has it.
     Counting prompts are spread evenly over the requested counts (a small batch of random prompts drifts,
     e.g. toward "draw fewer", when it happens to hold mostly large counts)."""
     rng = random.Random(seed * 7919 + round_index)
     by_task = {t: [p for p in prompts if p.task == t and p.split == "train"] for t in ("counting", "text")}
-    practice = [p for p in prompts if p.task == "text" and p.split == "practice"]
-    by_task["text"] = practice or by_task["text"]  # GPO's own words when the table has them
+    if text_pool == "practice":  # GPO's own words (groups.text_pool), where the table has them
+        by_task["text"] = [p for p in prompts if p.task == "text" and p.split == "practice"] or by_task["text"]
     want = {"counting": n, "text": n} if not all(by_task.values()) else split_tasks(n, text_share)
     chosen: list[Prompt] = []
     for task, pool in by_task.items():

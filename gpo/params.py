@@ -64,9 +64,9 @@ class TextVocab(Strict):
     heldout_share: float = Field(0.25, gt=0, lt=1,
                                  description="share of (template, training word) prompts held out (split heldout)")
     practice_words: list[str] = Field(list(PRACTICE_WORDS), description=(
-        "GPO's own text words (split practice, × every template): never pretrained on, never evaluated; "
-        "GPO trains on them and the unseen words (heldout_words) measure the transfer. [] = GPO's text "
-        "prompts are the training words' (which the shipped base already spells)"))
+        "GPO's own text words (split practice, × every template), used when gpo.yaml groups.text_pool is "
+        "practice: never pretrained on, never evaluated, so the unseen words (heldout_words) measure the "
+        "transfer"))
 
     @field_validator("words", "practice_words")
     @classmethod
@@ -245,13 +245,16 @@ class ModelsFile(Strict):
 # --- gpo.yaml -------------------------------------------------------------------------------------
 class GroupParams(SamplingParams):
     group_size: int = Field(8, ge=2, description="G: images per prompt (one group)")
-    prompts_per_round: int = Field(27, ge=1, description="train prompts drawn per iteration (counting prompts "
+    prompts_per_round: int = Field(25, ge=1, description="train prompts drawn per iteration (counting prompts "
                                    "spread evenly over the requested counts)")
-    text_share: float = Field(0.26, ge=0, le=1, description="share of each iteration's prompts that are text "
+    text_share: float = Field(0.2, ge=0, le=1, description="share of each iteration's prompts that are text "
                               "prompts (floored; at least one each while the share is above 0 / below 1), the rest "
-                              "counting (0.26 of 27: 20 counting + 7 text, the text from the practice words of "
-                              "world.yaml: 6 text-only iterations of 25 of them lifted held-out unseen-word exact OCR "
-                              "+6.9 [+4.2, +9.7] points paired, benchmarks/results/gpo_tuning.md P_text_it6)")
+                              "counting (0.2: 20 counting + 5 text)")
+    text_pool: Literal["train", "practice"] = Field("train", description=(
+        "where the text prompts come from: train = the base's training words (it spells them: their groups rarely "
+        "have spread, text does not move), practice = world.yaml's practice words, never pretrained on "
+        "(27 prompts, 7 of them practice, lifted unseen-word exact +9.7 [+6.7, +12.7] points in the first round "
+        "of 17 iterations and collapsed in the second: docs/gpo.md, Text)"))
     iterations: int = Field(17, ge=1, description="semi-online: generate → score → train this many times per round, "
                             "each iteration on fresh prompts from the previous one's weights (1 = offline: one "
                             "batch of groups a round); evaluation and promotion stay once per round (17: two rounds, "

@@ -198,7 +198,8 @@ def step_generate(index: int, start_model: Path, rd: RoundDir, prompts: list[Pro
     """G images per chosen train prompt from the start model; resumable (images on disk are kept)."""
     t0 = time.time()
     pipe = load_any(start_model, family)
-    chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed, cfg.groups.text_share)
+    chosen = pick_prompts(prompts, cfg.groups.prompts_per_round, index, cfg.groups.seed, cfg.groups.text_share,
+                          cfg.groups.text_pool)
     table = generate_groups(pipe, chosen, cfg.groups, index, rd.groups, progress)
     _timed(rd, "generate", t0, start_model=portable(start_model), images=len(table))
     return table

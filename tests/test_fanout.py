@@ -186,7 +186,8 @@ def test_fanout_on_two_process_workers_equals_one_process(prefect_pool, tmp_path
     # the same prompts and seeds, generated and scored in this process
     ws = Workspace.default(tmp_path)
     g = ws.load("gpo.yaml").groups
-    chosen = pick_prompts(read_prompts(tmp_path / "prompts.jsonl"), g.prompts_per_round, 1, g.seed, g.text_share)
+    chosen = pick_prompts(read_prompts(tmp_path / "prompts.jsonl"), g.prompts_per_round, 1, g.seed, g.text_share,
+                          g.text_pool)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

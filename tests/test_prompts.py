@@ -94,14 +94,16 @@ def test_no_default_word_reads_as_a_yaml_boolean_or_a_count():
     assert not {w.lower() for w in PRACTICE_WORDS} & set(P.COUNT_WORDS)  # (TEN, a training word, predates this)
 
 
-def test_gpo_text_prompts_come_from_practice_words_when_there_are_any():
+def test_gpo_text_prompts_come_from_practice_words_when_asked_and_there_are_any():
     from gpo.groups import pick_prompts
 
     prompts = build_prompts(PromptParams())
-    text = [q for q in pick_prompts(prompts, 25, 1, seed=0, text_share=0.4) if q.task == "text"]
+    text = [q for q in pick_prompts(prompts, 25, 1, seed=0, text_share=0.4, text_pool="practice") if q.task == "text"]
     assert len(text) == 10 and all(q.split == "practice" for q in text)
+    text = [q for q in pick_prompts(prompts, 25, 1, seed=0, text_share=0.4) if q.task == "text"]
+    assert len(text) == 10 and all(q.split == "train" for q in text)  # the default pool
     no_practice = [q for q in prompts if q.split != "practice"]
-    text = [q for q in pick_prompts(no_practice, 25, 1, seed=0, text_share=0.4) if q.task == "text"]
+    text = [q for q in pick_prompts(no_practice, 25, 1, 0, 0.4, text_pool="practice") if q.task == "text"]
     assert len(text) == 10 and all(q.split == "train" for q in text)
 
 
@@ -166,8 +168,7 @@ def test_round_prompts_spread_counting_evenly_over_counts():
         chosen = pick_prompts(prompts, 16, batch, seed=0, text_share=0.5)  # 8 counting prompts over counts 1..6
         counts = Counter(p.count for p in chosen if p.task == "counting")
         assert sum(counts.values()) == 8 and set(counts) == {1, 2, 3, 4, 5, 6} and max(counts.values()) == 2
-        assert len({p.text for p in chosen}) == 16
-        assert all(p.split == ("train" if p.task == "counting" else "practice") for p in chosen)
+        assert len({p.text for p in chosen}) == 16 and all(p.split == "train" for p in chosen)
     assert pick_prompts(prompts, 16, 1, 0, 0.5) == pick_prompts(prompts, 16, 1, 0, 0.5)
     assert pick_prompts(prompts, 16, 1, 0, 0.5) != pick_prompts(prompts, 16, 2, 0, 0.5)
 
@@ -212,6 +213,6 @@ def test_text_share_splits_each_batch_of_prompts():
     prompts = build_prompts(PromptParams())
     chosen = pick_prompts(prompts, 25, 3, seed=0, text_share=0.2)
     assert [p.task for p in chosen].count("text") == 5 and len(chosen) == 25
-    assert all(p.split == ("train" if p.task == "counting" else "practice") for p in chosen)
+    assert all(p.split == "train" for p in chosen)
     only_counting = [p for p in prompts if p.task == "counting"]
     assert len(pick_prompts(only_counting, 25, 3, seed=0, text_share=0.2)) == 25  # one task: all to it

@@ -133,7 +133,7 @@ def test_a_semi_online_round_chains_its_iterations_and_resumes(tmp_path):
     starts = [json.loads(p.step_file("generate").read_text())["start_model"] for p in rd.parts]
     assert starts[0] == str(base) and starts[1].endswith("round-1/iter-1/train/pipeline")
     second = pd.read_parquet(rd.iteration(2).rewards)
-    want = pick_prompts(prompts, 2, batch_index(1, 2, 2), cfg.groups.seed, cfg.groups.text_share)
+    want = pick_prompts(prompts, 2, batch_index(1, 2, 2), cfg.groups.seed, cfg.groups.text_share, cfg.groups.text_pool)
     assert list(dict.fromkeys(second.prompt)) == [p.text for p in want] and batch_index(2, 1, 2) == 3
     assert len(imp.rewards) == 16 and set(imp.seconds) == {"generate", "score", "train"}
     # kill iteration 2 after its scoring: training resumes from there, iteration 1 is kept
