@@ -41,7 +41,7 @@ class Scorers:
     training and metrics. More than `max_failed_share` failed images in one call stops the run.
 
     `second`: the second opinion (gpo/rewards/second_opinion.py, no YOLO, no EasyOCR), which judges
-    held-out images only (split != train: evaluations and ground-truth checks), so nothing is ever
+    held-out images only (HELDOUT_SPLITS: evaluations and ground-truth checks), so nothing is ever
     trained on it; its scores ride on the reward model's as `Judged.second` into the score table.
     It returns None for images it cannot judge; None here: no second opinion."""
 
