@@ -112,7 +112,7 @@ def points(d: dict) -> str:
     return f"{100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
-def paired_counting(folder: Path, base: pd.DataFrame, task: str = "counting", split: str = "heldout") -> dict:
+def paired_accuracy(folder: Path, base: pd.DataFrame, task: str = "counting", split: str = "heldout") -> dict:
     """Held-out accuracy (counting by default; text exact, or unseen words with split heldout_words) of the
     evaluation in `folder`/eval, final − base on the same (prompt, seed) images, with its 95% interval."""
     from gpo.study import paired_delta
@@ -124,13 +124,25 @@ def paired_counting(folder: Path, base: pd.DataFrame, task: str = "counting", sp
 
 def paired_all(folder: Path, base: pd.DataFrame) -> dict:
     """The paired deltas a row carries: counting, text exact on held-out captions, unseen words exact."""
-    out = {"paired_counting": paired_counting(folder, base)}
+    out = {"paired_counting": paired_accuracy(folder, base)}
     for key, split in (("paired_text", "heldout"), ("paired_unseen", "heldout_words")):
         try:
-            out[key] = paired_counting(folder, base, "text", split)
+            out[key] = paired_accuracy(folder, base, "text", split)
         except ValueError:  # an evaluation without that split
             pass
     return out
+
+
+def evaluate_row(row: dict, model: Path, folder: Path, prompts, scorers, e, a: argparse.Namespace) -> None:
+    """The held-out evaluation of `model` into `folder`/eval, then the row's base and final metrics, its
+    paired deltas and its evaluation seconds; the row is written to results/gpo_tuning.{json,md}."""
+    t = time.time()
+    evaluate_model(load_any(model), prompts, scorers, e, folder / "eval", "final", progress=False)
+    base = quick_base(a, e.seed_offset)
+    row.update({"eval_seconds": round(time.time() - t), "base": quick_metrics(base),
+                "final": quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))})
+    row.update(paired_all(folder, base))
+    upsert_results("gpo_tuning", row, HEADER, render)
 
 
 HEADER = ["| name | overrides | rounds | GPO s | counting acc base → final | paired Δ counting | OCR reward base → final | "
@@ -183,11 +195,7 @@ def main() -> None:
         model = RoundDir(folder / f"round-{row['rounds']}", iterations=iterations).model
         if not (model / "model_index.json").exists():
             raise SystemExit(f"no model at {model}")
-        evaluate_model(load_any(model), prompts, _ws(Path("params")).scorers(), e, folder / "eval", "final", progress=False)
-        row["base"] = quick_metrics(quick_base(a, e.seed_offset))
-        row["final"] = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))
-        row.update(paired_all(folder, quick_base(a, e.seed_offset)))
-        upsert_results("gpo_tuning", row, HEADER, render)
+        evaluate_row(row, model, folder, prompts, _ws(Path("params")).scorers(), e, a)
         return
     train_prompts = [p for p in prompts if a.task is None or p.task == a.task or p.split in HELDOUT_SPLITS]
     scorers = _ws(Path("params")).scorers()
@@ -202,15 +210,10 @@ def main() -> None:
         for k in seconds:
             seconds[k] += imp.seconds[k]
         print(f"round {i}: {curve[-1]} {imp.seconds}", flush=True)
-    t = time.time()
-    evaluate_model(load_any(model), prompts, scorers, e, folder / "eval", "final", progress=False)
-    final = quick_metrics(pd.read_parquet(folder / "eval" / "final_scores.parquet"))
     row = {"name": a.name, "overrides": a.overrides + ([f"--task {a.task}"] if a.task else [])
            + ([f"--base {a.base}"] if a.base else []), "rounds": a.rounds, "gpo_seconds": round(sum(seconds.values())),
-           "seconds": {k: round(v) for k, v in seconds.items()}, "eval_seconds": round(time.time() - t),
-           "train_reward_curve": curve, "base": quick_metrics(quick_base(a, e.seed_offset)), "final": final}
-    row.update(paired_all(folder, quick_base(a, e.seed_offset)))
-    upsert_results("gpo_tuning", row, HEADER, render)
+           "seconds": {k: round(v) for k, v in seconds.items()}, "train_reward_curve": curve}
+    evaluate_row(row, model, folder, prompts, scorers, e, a)
 
 
 if __name__ == "__main__":
