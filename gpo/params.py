@@ -275,6 +275,11 @@ class TrainParams(Strict):
                         "saturates, i.e. how far a pair may be pushed, (β/2)·|Δ_i − Δ_j| ≈ 1, before it stops pulling; "
                         "under AdamW the size of a step is set by lr, not by β (5000: the logged margin (β/2)(Δ_l − Δ_w) "
                         "reached 1–2.5 within 20 steps of an iteration at lr 2e-5 on the 2,500-step embedded base)")
+    reference: Literal["iteration", "round"] = Field(
+        "iteration", description="the frozen reference of a semi-online round's iterations: iteration = the "
+        "iteration's start model (each iteration pulls from where the last one stopped, so nothing bounds the drift "
+        "of a round), round = the round's start model for every iteration (the loss saturates once the policy is "
+        "(β/2)·|Δ_i − Δ_j| past the round's start: the KL-bounded Diffusion-DPO objective); the same with one iteration")
     anchor: float = Field(0.0, ge=0, description="weight of the winner anchor added to the loss (0 = the plain "
                           "loss of docs/GPO.md; see gpo/loss.py anchor_term)")
     anchor_kind: Literal["dpop", "sft"] = Field("dpop", description="dpop: pull back winners the policy explains "

@@ -215,18 +215,27 @@ def step_score(rd: RoundDir, scorers: Scorers) -> pd.DataFrame:
 
 
 def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = True,
-               log_fn: Optional[Callable[[dict], None]] = None, family: str = "auto", chain_batch: int = 0) -> Path:
-    """GPO fine-tuning of the start model (also the frozen reference) on the scored groups; `chain_batch` is the
-    chain's batch index of these groups (batch_index), which seeds the training draws."""
+               log_fn: Optional[Callable[[dict], None]] = None, family: str = "auto", chain_batch: int = 0,
+               round_start: Optional[Path] = None) -> Path:
+    """GPO fine-tuning of the start model on the scored groups; `chain_batch` is the chain's batch index of
+    these groups (batch_index), which seeds the training draws. The frozen reference is the start model, or
+    with train.reference: round the round's start model `round_start` (required then)."""
     t0 = time.time()
     if not rd.rewards.exists():
         raise GpoError("no reward table to train on", file=str(rd.rewards), fix="run the score step first")
     rewards = pd.read_parquet(rd.rewards)
     pipe = load_any(start_model, family)
-    # checkpoints of this start model, reward table and train params resume; any others are cleared
+    reference = None
+    if cfg.train.reference == "round":
+        if round_start is None:
+            raise ValueError("train.reference: round needs the round's start model (round_start)")
+        if Path(round_start).resolve() != Path(start_model).resolve():  # iteration 1: the start model itself
+            reference = load_any(round_start, family).denoiser
+    # checkpoints of this start model, reference, reward table and train params resume; any others are cleared
     state = process_state()
     if state.is_main_process:
         resume_or_reset(rd.train / "checkpoints", {"weights": weights_digest(pipe.denoiser),
+                                                   "reference": weights_digest(reference) if reference else "start",
                                                    "rewards": file_digest(rd.rewards), "train": cfg.train.model_dump()})
     state.wait_for_everyone()
     # x0: the sampler's kept latents where groups.keep_latents saved them, else the encoded PNGs
@@ -234,7 +243,7 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
                                exact_weight=cfg.train.exact_weight)
     n_dropped = int(rewards["group"].nunique()) - len(groups)  # no spread (in the reward trained on)
     model = train_gpo(pipe, groups, cfg.train, rd.train, n_dropped=n_dropped, progress=progress, log_fn=log_fn,
-                      chain_batch=chain_batch)
+                      chain_batch=chain_batch, reference=reference)
     _timed(rd, "train", t0, n_groups=len(groups), n_dropped=n_dropped)
     return model
 
@@ -329,7 +338,8 @@ def batch_index(index: int, iteration: int, iterations: int) -> int:
 def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg: GpoFile, scorers: Scorers,
             progress: bool = True) -> Improvement:
     """Generate, score, train: a round without its evaluation; semi-online (groups.iterations = N > 1)
-    N times, each iteration from the previous one's model, which is also its reference. Steps whose files
+    N times, each iteration from the previous one's model, which is also its reference (train.reference:
+    round: `model_in` is every iteration's reference). Steps whose files
     are complete are kept (a trained model with its train.json; a reward table), so a re-run resumes
     where it stopped, inside an iteration too."""
     rd = RoundDir(Path(folder), cfg.groups.iterations)
@@ -340,7 +350,7 @@ def improve(index: int, model_in: Path, folder: Path, prompts: list[Prompt], cfg
             if not part.rewards.exists():
                 step_generate(b, model, part, prompts, cfg, progress)
                 step_score(part, scorers)
-            step_train(model, part, cfg, progress, chain_batch=b)
+            step_train(model, part, cfg, progress, chain_batch=b, round_start=model_in)
         model = part.model
     return Improvement(rd.model, rd.all_rewards(), rd.seconds())
 

@@ -128,8 +128,10 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
             raise GpoError(f"round {index} has {n} iteration(s)", field="--iteration", value=j,
                            fix=f"pass 1..{n} (params/gpo.yaml groups.iterations)")
         part = rd.parts[j - 1]
-        # iteration 1 starts from the champion; iteration J from iteration J−1's model (also its reference)
-        start = local(start_champion(ws, index)["model"]) if j == 1 else rd.parts[j - 2].model
+        # iteration 1 starts from the champion; iteration J from iteration J−1's model (also its reference,
+        # unless train.reference: round makes the champion every iteration's reference)
+        round_start = local(start_champion(ws, index)["model"])
+        start = round_start if j == 1 else rd.parts[j - 2].model
         report = {"round": index, "iteration": j}
         if step == "generate":
             table = step_generate(batch_index(index, j, n), start, part, ws.prompt_table(), cfg, progress,
@@ -140,7 +142,7 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
             return {**report, "mean_reward": float(rewards["reward"].mean()),
                     "dropped_groups": int(rewards.groupby("group")["dropped"].first().sum())}
         return {**report, "model": str(step_train(start, part, cfg, progress, family=family,
-                                                  chain_batch=batch_index(index, j, n)))}
+                                                  chain_batch=batch_index(index, j, n), round_start=round_start))}
     prev = start_champion(ws, index, tracker)
     champion, decision = step_evaluate(index, rd, prev, ws.prompt_table(), ws.scorers(), ws.load("eval.yaml").eval,
                                        ws.load("run.yaml").promotion.z, progress, tracker, family=family)

@@ -5,7 +5,8 @@ from the policy and the reference at each draw; the loss of gpo/loss.py averaged
 Memory stays flat in G·K: with more (draw, member) pairs than micro_batch the trainer first computes
 every Δ without a graph, takes dL/dΔ, then back-propagates micro-batch by micro-batch (the same
 gradient as one big batch, one extra forward). Full fine-tuning keeps a frozen copy of the
-denoiser as reference; LoRA (peft) uses the same network with adapters disabled.
+denoiser as reference; LoRA (peft) uses the same network with adapters disabled; with
+train.reference: round the caller passes the round's start model's denoiser instead.
 
 Memory features (params/gpo.yaml `train`): gradient checkpointing, bf16/fp16 autocast, prompt
 embeddings computed once per round (text encoders then leave the accelerator).
@@ -84,10 +85,13 @@ def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0:
 class Reference:
     """The frozen reference: a copy for full fine-tuning, or the same net with LoRA adapters disabled."""
 
-    def __init__(self, denoiser: torch.nn.Module, lora: bool):
-        self.lora = lora
+    def __init__(self, denoiser: torch.nn.Module, lora: bool, fixed: torch.nn.Module | None = None):
+        """`fixed`: another model's denoiser as the reference (train.reference: round), used as it is."""
+        self.lora = lora and fixed is None
         self.copy = None
-        if not lora:
+        if fixed is not None:
+            self.copy = fixed.eval().requires_grad_(False)
+        elif not lora:
             self.copy = copy.deepcopy(denoiser).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -255,11 +259,14 @@ def make_accelerator(p: TrainParams, project_dir: Path | None = None) -> Acceler
 
 
 def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: Path, *, n_dropped: int = 0,
-              progress: bool = True, log_fn=None, chain_batch: int = 0) -> Path:
+              progress: bool = True, log_fn=None, chain_batch: int = 0,
+              reference: torch.nn.Module | None = None) -> Path:
     """Fine-tune `pipe.denoiser` on the round's groups; checkpoints in out/checkpoints (resumable);
     the final pipeline in out/pipeline; metrics per step in out/train_log.json. Under `accelerate
     launch` every rank calls this with the same groups (see the module docstring). `chain_batch`: the chain's
-    batch index of these groups, so that every iteration draws its own (t, ε), not the previous one's."""
+    batch index of these groups, so that every iteration draws its own (t, ε), not the previous one's.
+    `reference`: the frozen reference's denoiser when it is not the start model (train.reference: round);
+    None = a frozen copy of `pipe.denoiser` as it starts (LoRA: the same net with adapters disabled)."""
     if not groups:
         raise GpoError("no group with reward spread to train on", field="groups.group_size",
                        fix="raise G or prompts_per_round; check the reward models on this round's images")
@@ -281,7 +288,9 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
             torch.cuda.empty_cache()
     policy.to(acc.device)
     lora = p.lora_rank > 0
-    ref = Reference(policy, lora)  # before adapters are added: the copy is the plain base
+    if reference is not None:
+        reference.to(acc.device)
+    ref = Reference(policy, lora, reference)  # before adapters are added: the copy is the plain base
     if lora:
         add_lora(policy, p)
     if p.gradient_checkpointing:

@@ -150,6 +150,30 @@ def test_a_semi_online_round_chains_its_iterations_and_resumes(tmp_path):
     assert all(np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-6) for k in a)
 
 
+def test_reference_round_measures_every_iteration_against_the_round_start(tmp_path):
+    """train.reference: round: iteration 2 starts from iteration 1's model but is measured against the
+    round's start, so its first logged Δ is not 0 (with the default it is 0: the start is the reference);
+    iteration 1 is the same either way. step_train without the round's start is refused."""
+    import pytest
+
+    from gpo.round import RoundDir, improve, step_train
+
+    base, prompts, cfg, _, s = tiny_round(tmp_path, iterations=2)
+    firsts = {}
+    for kind in ("iteration", "round"):
+        # float32, so that a policy equal to its reference gives Δ = 0 exactly (see test_train)
+        c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"reference": kind, "mixed_precision": "no"})})
+        improve(1, base, tmp_path / kind / "round-1", prompts, c, s, progress=False)
+        rd = RoundDir(tmp_path / kind / "round-1", 2)
+        firsts[kind] = [json.loads((part.train / "train_log.json").read_text())[0] for part in rd.parts]
+    for key in ("delta_above", "delta_below"):
+        assert firsts["iteration"][0][key] == firsts["round"][0][key] == 0.0
+        assert firsts["iteration"][1][key] == 0.0 and firsts["round"][1][key] != 0.0
+    c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"reference": "round"})})
+    with pytest.raises(ValueError, match="round_start"):
+        step_train(base, RoundDir(tmp_path / "round" / "round-1", 2).iteration(1), c, progress=False)
+
+
 def test_the_stage_graph_of_semi_online_rounds(tmp_path):
     """params/graph.yaml follows run.yaml and groups.iterations (rewritten on every save); one-iteration rounds
     keep their stage keys and folders; a stale graph stops a stage with the fix."""

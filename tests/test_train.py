@@ -127,6 +127,33 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, ema):
         assert (full[k] - start[k]).norm() < 0.5 * (last[k] - start[k]).norm()
 
 
+@pytest.mark.parametrize("lora", [0, 4])
+def test_a_fixed_reference_is_what_the_policy_is_measured_against(tmp_path, lora):
+    """train.reference: round hands the trainer another model's denoiser as the reference. A copy of the
+    start model gives the same weights as the default; a moved model makes Δ ≠ 0 from the first step
+    (the default's Δ is exactly 0 there: the policy starts as its reference), for LoRA too."""
+    # float32: under CPU bf16 the policy's attention runs in float32 and the reference's in bf16 (Δ ≈ 1e-4)
+    p = TrainParams(epochs=1, groups_per_step=2, threads=1, lr=1e-3, draws=1, lora_rank=lora, mixed_precision="no")
+    default = tmp_path / "default"
+    train_gpo(build_pipeline(TINY, seed=0), _groups(), p, default, progress=False)
+    same = tmp_path / "same"
+    train_gpo(build_pipeline(TINY, seed=0), _groups(), p, same, progress=False,
+              reference=build_pipeline(TINY, seed=0).denoiser)
+    a, b = _weights(default), _weights(same)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    moved = build_pipeline(TINY, seed=0).denoiser
+    with torch.no_grad():
+        for q in moved.parameters():
+            q.add_(torch.randn_like(q) * 1e-2)
+    other = tmp_path / "other"
+    train_gpo(build_pipeline(TINY, seed=0), _groups(), p, other, progress=False, reference=moved)
+    first = lambda out: json.loads((out / "train_log.json").read_text())[0]  # noqa: E731
+    assert first(default)["delta_above"] == 0.0 and first(default)["delta_below"] == 0.0
+    assert abs(first(other)["delta_above"]) > 0 and abs(first(other)["delta_below"]) > 0
+    c = _weights(other)
+    assert any(not torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+
+
 def test_lora_trains_adapters_and_saves_a_plain_pipeline(tmp_path):
     out = _train(tmp_path, "lora", lora_rank=4)
     assert (out / "lora").exists() and list((out / "lora").glob("*.safetensors"))
