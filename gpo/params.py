@@ -279,7 +279,9 @@ class TrainParams(Strict):
         "iteration", description="the frozen reference of a semi-online round's iterations: iteration = the "
         "iteration's start model (each iteration pulls from where the last one stopped, so nothing bounds the drift "
         "of a round), round = the round's start model for every iteration (the loss saturates once the policy is "
-        "(β/2)·|Δ_i − Δ_j| past the round's start: the KL-bounded Diffusion-DPO objective); the same with one iteration")
+        "(β/2)·|Δ_i − Δ_j| past the round's start: the KL-bounded Diffusion-DPO objective); the same with one iteration "
+        "(iteration: round at β 5000 or 1000 held round 1's on-policy counting at 0.58–0.63 where iteration "
+        "climbed to 0.72–0.74: benchmarks/results/on_policy_curve.md)")
     anchor: float = Field(0.0, ge=0, description="weight of the winner anchor added to the loss (0 = the plain "
                           "loss of docs/GPO.md; see gpo/loss.py anchor_term)")
     anchor_kind: Literal["dpop", "sft"] = Field("dpop", description="dpop: pull back winners the policy explains "
