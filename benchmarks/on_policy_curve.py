@@ -26,46 +26,65 @@ from gpo.metrics import wilson  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
+def _index(p: Path) -> int:
+    return int(p.name.split("-")[1])
+
+
 def curve(folder: Path) -> list[dict]:
-    """One row per (round, iteration) with its images' correct share and mean reward per task."""
+    """One row per (round, iteration, task): its images' correct share and mean reward, and the drift of that
+    iteration's training (the mean delta_above / delta_below of its last six logged steps: how much worse the
+    policy fits the winners / losers than the iteration's reference by the iteration's end)."""
     rows = []
-    for rd in sorted(folder.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
-        parts = sorted(rd.glob("iter-*"), key=lambda p: int(p.name.split("-")[1])) or [rd]
-        for j, part in enumerate(parts, start=1):
+    for rd in sorted((r for r in folder.glob("round-*") if _index(r) >= 1), key=_index):  # round 0: the base
+        parts = sorted(rd.glob("iter-*"), key=_index) or [rd]
+        for part in parts:
             table = part / "groups" / "rewards.parquet"
             if not table.exists():
-                break  # an unfinished iteration ends the arm
+                return rows  # an unfinished iteration ends the arm
+            j = _index(part) if part is not rd else 1
+            log_file = part / "train" / "train_log.json"
+            tail = json.loads(log_file.read_text())[-6:] if log_file.exists() else []
+            drift = {k: (sum(r[k] for r in tail) / len(tail) if tail else None) for k in ("delta_above", "delta_below")}
             d = pd.read_parquet(table)
             for task, g in d.groupby("task"):
-                rows.append({"round": int(rd.name.split("-")[1]), "iteration": j, "task": str(task),
-                             "n": len(g), "correct": int(g["correct"].sum()), "reward": float(g["reward"].mean())})
+                rows.append({"round": _index(rd), "iteration": j, "task": str(task), "n": len(g),
+                             "correct": int(g["correct"].sum()), "reward": float(g["reward"].mean()), **drift})
     return rows
 
 
 def blocks(rows: list[dict], size: int) -> list[dict]:
-    """Consecutive iterations of a round in blocks of `size`, pooled per task, with a 95% Wilson interval."""
+    """Iterations 1..size, size+1..2·size, ... of each round, pooled per task, with a 95% Wilson interval;
+    the drift is the mean over the block's trained iterations."""
     out = []
     df = pd.DataFrame(rows)
-    for (r, task), g in df.groupby(["round", "task"]):
-        g = g.sort_values("iteration")
-        for start in range(0, len(g), size):
-            b = g.iloc[start:start + size]
-            n, k = int(b["n"].sum()), int(b["correct"].sum())
-            est = wilson(k, n)
-            out.append({"round": int(r), "task": task, "iterations": f"{b.iteration.min()}–{b.iteration.max()}",
-                        "n": n, "correct": est.value, "lo": est.low, "hi": est.high, "reward": float((b["reward"] * b["n"]).sum() / n)})
+    df["block"] = (df["iteration"] - 1) // size
+    for (r, task, _), b in df.groupby(["round", "task", "block"]):
+        n, k = int(b["n"].sum()), int(b["correct"].sum())
+        est = wilson(k, n)
+        trained = b.dropna(subset=["delta_above"])
+        out.append({"round": int(r), "task": task, "iterations": f"{b.iteration.min()}–{b.iteration.max()}",
+                    "n": n, "correct": est.value, "lo": est.low, "hi": est.high,
+                    "reward": float((b["reward"] * b["n"]).sum() / n),
+                    "delta_above": float(trained["delta_above"].mean()) if len(trained) else None,
+                    "delta_below": float(trained["delta_below"].mean()) if len(trained) else None})
     return out
 
 
 def markdown(arms: dict) -> str:
     lines = ["# On-policy learning curves of semi-online chains", "",
              "Share of each block of iterations' own group images called correct (95% Wilson interval), and their "
-             "mean reward. Written by `benchmarks/on_policy_curve.py`; the arms' commands are in docs/gpo.md.", ""]
+             "mean reward; the drift is how much worse the policy fits an iteration's winners / losers than that "
+             "iteration's reference by its end (the mean delta_above / delta_below of its last six training steps, "
+             "averaged over the block; the reference is the iteration's start unless the arm says otherwise). "
+             "Written by `benchmarks/on_policy_curve.py`; the arms' commands are in docs/gpo.md.", ""]
     for name, arm in arms.items():
         lines += [f"## {name}", "", f"`{arm['folder']}`: {arm['note']}" if arm.get("note") else f"`{arm['folder']}`", "",
-                  "| round | iterations | task | images | correct [95%] | mean reward |", "|---|---|---|---|---|---|"]
+                  "| round | iterations | task | images | correct [95%] | mean reward | drift ×10⁻³: winners / losers |",
+                  "|---|---|---|---|---|---|---|"]
+        drift = lambda b: ("" if b.get("delta_above") is None  # noqa: E731
+                           else f"{1e3 * b['delta_above']:.1f} / {1e3 * b['delta_below']:.1f}")
         lines += [f"| {b['round']} | {b['iterations']} | {b['task']} | {b['n']} | {b['correct']:.3f} "
-                  f"[{b['lo']:.3f}, {b['hi']:.3f}] | {b['reward']:.3f} |" for b in arm["blocks"]]
+                  f"[{b['lo']:.3f}, {b['hi']:.3f}] | {b['reward']:.3f} | {drift(b)} |" for b in arm["blocks"]]
         lines.append("")
     return "\n".join(lines)
 

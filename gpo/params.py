@@ -279,9 +279,10 @@ class TrainParams(Strict):
         "iteration", description="the frozen reference of a semi-online round's iterations: iteration = the "
         "iteration's start model (each iteration pulls from where the last one stopped, so nothing bounds the drift "
         "of a round), round = the round's start model for every iteration (the loss saturates once the policy is "
-        "(β/2)·|Δ_i − Δ_j| past the round's start: the KL-bounded Diffusion-DPO objective); the same with one iteration "
-        "(iteration: round at β 5000 or 1000 held round 1's on-policy counting at 0.58–0.63 where iteration "
-        "climbed to 0.72–0.74: benchmarks/results/on_policy_curve.md)")
+        "(β/2)·|Δ_i − Δ_j| past the round's start: the KL-bounded Diffusion-DPO objective); with one iteration the two "
+        "are the same (iteration is the default: on the practice-word recipe, round at β 5000 or 1000 held round 1's "
+        "on-policy counting at 0.58 → 0.63 where per-iteration references climbed to 0.71: "
+        "benchmarks/results/on_policy_curve.md)")
     anchor: float = Field(0.0, ge=0, description="weight of the winner anchor added to the loss (0 = the plain "
                           "loss of docs/GPO.md; see gpo/loss.py anchor_term)")
     anchor_kind: Literal["dpop", "sft"] = Field("dpop", description="dpop: pull back winners the policy explains "
@@ -291,7 +292,7 @@ class TrainParams(Strict):
     guidance_scale: float = Field(1.0, ge=1.0, description="1 = Δ on the conditional prediction (Diffusion-DPO); "
                                   ">1 = Δ on the guided prediction uncond + w·(cond − uncond), what the sampler follows")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights over the optimizer steps, started "
-                             "at the reference; the round's model is the EMA (0 = off, the last iterate)")
+                             "at the start model; the round's model is the EMA (0 = off, the last iterate)")
     lr: float = Field(5e-5, gt=0, description="AdamW learning rate: the size of an update (5e-5: docs/gpo.md; "
                       "1e-4 halved exact OCR on the 2,500-step base)")
     exact_weight: float = Field(0.0, ge=0, le=1, description="training reward = (1 − w)·graded + w·[exactly right] "

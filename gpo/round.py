@@ -228,14 +228,17 @@ def step_train(start_model: Path, rd: RoundDir, cfg: GpoFile, progress: bool = T
     reference = None
     if cfg.train.reference == "round":
         if round_start is None:
-            raise ValueError("train.reference: round needs the round's start model (round_start)")
+            raise GpoError("train.reference: round needs the round's start model, and this caller gave none",
+                           field="train.reference (params/gpo.yaml)", value="round",
+                           fix="pass round_start to step_train, or set train.reference: iteration")
         if Path(round_start).resolve() != Path(start_model).resolve():  # iteration 1: the start model itself
-            reference = load_any(round_start, family).denoiser
+            # the denoiser only (the trainer moves it to the accelerator); the rest of the pipeline is dropped
+            reference = load_any(round_start, family, device=None).denoiser
     # checkpoints of this start model, reference, reward table and train params resume; any others are cleared
     state = process_state()
     if state.is_main_process:
         resume_or_reset(rd.train / "checkpoints", {"weights": weights_digest(pipe.denoiser),
-                                                   "reference": weights_digest(reference) if reference else "start",
+                                                   "reference": weights_digest(reference) if reference is not None else "start",
                                                    "rewards": file_digest(rd.rewards), "train": cfg.train.model_dump()})
     state.wait_for_everyone()
     # x0: the sampler's kept latents where groups.keep_latents saved them, else the encoded PNGs

@@ -130,7 +130,8 @@ def run_stage(step: str, index: int, ws: Workspace, progress: bool = True, track
         part = rd.parts[j - 1]
         # iteration 1 starts from the champion; iteration J from iteration J−1's model (also its reference,
         # unless train.reference: round makes the champion every iteration's reference)
-        round_start = local(start_champion(ws, index)["model"])
+        needs_champion = j == 1 or (step == "train" and cfg.train.reference == "round")
+        round_start = local(start_champion(ws, index)["model"]) if needs_champion else None
         start = round_start if j == 1 else rd.parts[j - 2].model
         report = {"round": index, "iteration": j}
         if step == "generate":

@@ -304,7 +304,7 @@ def train_gpo(pipe: TinyT2IPipeline, groups: list[Group], p: TrainParams, out: P
     restore_attention = fp32_attention_under_grad(policy, enabled=cpu_bf16 and p.fp32_attention_on_cpu)
     trainable = [q for q in policy.parameters() if q.requires_grad]
     opt = acc.prepare(torch.optim.AdamW(trainable, lr=p.lr, weight_decay=p.weight_decay))
-    # EMA of the trainable weights, started at the reference; the round's model is the EMA when on
+    # EMA of the trainable weights, started at the start model; the round's model is the EMA when on
     ema = [q.detach().clone() for q in trainable] if p.ema_decay > 0 else None
     # the policy is not prepared (no DDP wrapper: gradients are summed by hand), so accelerate's state
     # holds the optimizer and RNGs; the weights go beside it as safetensors (no pickle)

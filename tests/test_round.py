@@ -151,27 +151,35 @@ def test_a_semi_online_round_chains_its_iterations_and_resumes(tmp_path):
 
 
 def test_reference_round_measures_every_iteration_against_the_round_start(tmp_path):
-    """train.reference: round: iteration 2 starts from iteration 1's model but is measured against the
-    round's start, so its first logged Δ is not 0 (with the default it is 0: the start is the reference);
-    iteration 1 is the same either way. step_train without the round's start is refused."""
+    """train.reference: round: iterations 2 and 3 start from the previous iteration's model but are measured
+    against the round's start (the base), as their resume stamps record; so iteration 2's first logged Δ is
+    not 0 (with the default it is 0: the start is the reference). Iteration 1 is the same either way.
+    step_train without the round's start is refused with the fix."""
     import pytest
 
+    from gpo.errors import GpoError
+    from gpo.model.build import load_pipeline
+    from gpo.resume import STAMP, weights_digest
     from gpo.round import RoundDir, improve, step_train
 
-    base, prompts, cfg, _, s = tiny_round(tmp_path, iterations=2)
-    firsts = {}
+    base, prompts, cfg, _, s = tiny_round(tmp_path, iterations=3)
+    firsts, stamps = {}, {}
     for kind in ("iteration", "round"):
         # float32, so that a policy equal to its reference gives Δ = 0 exactly (see test_train)
         c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"reference": kind, "mixed_precision": "no"})})
         improve(1, base, tmp_path / kind / "round-1", prompts, c, s, progress=False)
-        rd = RoundDir(tmp_path / kind / "round-1", 2)
+        rd = RoundDir(tmp_path / kind / "round-1", 3)
         firsts[kind] = [json.loads((part.train / "train_log.json").read_text())[0] for part in rd.parts]
+        stamps[kind] = [json.loads((part.train / "checkpoints" / STAMP).read_text())["reference"] for part in rd.parts]
     for key in ("delta_above", "delta_below"):
         assert firsts["iteration"][0][key] == firsts["round"][0][key] == 0.0
         assert firsts["iteration"][1][key] == 0.0 and firsts["round"][1][key] != 0.0
+    base_digest = weights_digest(load_pipeline(base).denoiser)
+    assert stamps["iteration"] == ["start"] * 3
+    assert stamps["round"] == ["start", base_digest, base_digest]
     c = cfg.model_copy(update={"train": cfg.train.model_copy(update={"reference": "round"})})
-    with pytest.raises(ValueError, match="round_start"):
-        step_train(base, RoundDir(tmp_path / "round" / "round-1", 2).iteration(1), c, progress=False)
+    with pytest.raises(GpoError, match="round_start"):
+        step_train(base, RoundDir(tmp_path / "round" / "round-1", 3).iteration(1), c, progress=False)
 
 
 def test_the_stage_graph_of_semi_online_rounds(tmp_path):
