@@ -281,7 +281,7 @@ class TrainParams(Strict):
         "of a round), round = the round's start model for every iteration (the loss saturates once the policy is "
         "(β/2)·|Δ_i − Δ_j| past the round's start: the KL-bounded Diffusion-DPO objective); with one iteration the two "
         "are the same (iteration is the default: on the practice-word recipe, round at β 5000 or 1000 held round 1's "
-        "on-policy counting at 0.58 → 0.63 where per-iteration references climbed to 0.71: "
+        "on-policy counting at 0.58 → 0.63 where the same prompts with per-iteration references climbed to 0.74: "
         "benchmarks/results/on_policy_curve.md)")
     anchor: float = Field(0.0, ge=0, description="weight of the winner anchor added to the loss (0 = the plain "
                           "loss of docs/GPO.md; see gpo/loss.py anchor_term)")
