@@ -22,6 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpo.io import atomic_write_json, atomic_write_text  # noqa: E402
 from gpo.metrics import wilson  # noqa: E402
+from gpo.round import RoundDir  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,19 +36,16 @@ def curve(folder: Path) -> list[dict]:
     iteration's training (the mean delta_above / delta_below of its last six logged steps: how much worse the
     policy fits the winners / losers than the iteration's reference by the iteration's end)."""
     rows = []
-    for rd in sorted((r for r in folder.glob("round-*") if _index(r) >= 1), key=_index):  # round 0: the base
-        parts = sorted(rd.glob("iter-*"), key=_index) or [rd]
-        for part in parts:
-            table = part / "groups" / "rewards.parquet"
-            if not table.exists():
+    for root in sorted((r for r in folder.glob("round-*") if _index(r) >= 1), key=_index):  # round 0: the base
+        rd = RoundDir(root, max(1, len(list(root.glob("iter-*")))))
+        for j, part in enumerate(rd.parts, start=1):
+            if not part.rewards.exists():
                 return rows  # an unfinished iteration ends the arm
-            j = _index(part) if part is not rd else 1
-            log_file = part / "train" / "train_log.json"
-            tail = json.loads(log_file.read_text())[-6:] if log_file.exists() else []
+            tail = part.train_log()[-6:]
             drift = {k: (sum(r[k] for r in tail) / len(tail) if tail else None) for k in ("delta_above", "delta_below")}
-            d = pd.read_parquet(table)
+            d = pd.read_parquet(part.rewards)
             for task, g in d.groupby("task"):
-                rows.append({"round": _index(rd), "iteration": j, "task": str(task), "n": len(g),
+                rows.append({"round": _index(root), "iteration": j, "task": str(task), "n": len(g),
                              "correct": int(g["correct"].sum()), "reward": float(g["reward"].mean()), **drift})
     return rows
 

@@ -83,7 +83,8 @@ def groups_from_table(table: pd.DataFrame, images=None, encode=to_tensor, *, x0:
 
 
 class Reference:
-    """The frozen reference: a copy for full fine-tuning, or the same net with LoRA adapters disabled."""
+    """The frozen reference: a copy for full fine-tuning, the same net with LoRA adapters disabled, or
+    another model's denoiser (`fixed`: train.reference round)."""
 
     def __init__(self, denoiser: torch.nn.Module, lora: bool, fixed: torch.nn.Module | None = None):
         """`fixed`: another model's denoiser as the reference (train.reference: round), used as it is."""
